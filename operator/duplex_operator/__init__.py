@@ -1,0 +1,1 @@
+"""duplex_operator: the Kubernetes operator for TTSModel and VoiceSession resources."""

@@ -1,0 +1,1 @@
+"""`duplex bench ...`: latency and timing measurements that print numbers."""

@@ -1,0 +1,198 @@
+"""The `duplex` command: one entry point, one subcommand per role."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from duplex.errors import DuplexError
+
+
+def _split(values: Sequence[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def _worker_config(opts: argparse.Namespace) -> object:
+    from duplex.config import load_config
+    from duplex.worker.config import WorkerConfig
+
+    return load_config(
+        WorkerConfig,
+        opts.config,
+        overrides={
+            "host": opts.host,
+            "port": opts.port,
+            "default_model": opts.default_model,
+            "preload": _split(opts.preload),
+            "redis": opts.redis,
+            "metrics_port": opts.metrics_port,
+            "name": opts.name,
+            "advertise": opts.advertise,
+            "test_models": True if opts.test_models else None,
+        },
+    )
+
+
+def cmd_worker(opts: argparse.Namespace) -> int:
+    from duplex.worker.config import WorkerConfig
+    from duplex.worker.server import serve
+
+    config = _worker_config(opts)
+    assert isinstance(config, WorkerConfig)
+    asyncio.run(serve(config))
+    return 0
+
+
+async def _say(opts: argparse.Namespace) -> float:
+    from duplex.audio.wav import write_wav
+    from duplex.rpc.client import TtsClient
+
+    options = {"pacing": "none"}
+    if opts.voice:
+        options["voice"] = opts.voice
+
+    async def speak(address: str) -> float:
+        async with TtsClient(address) as client:
+            session = f"say-{uuid.uuid4().hex[:8]}"
+            await client.start_session(session, opts.model or "", options)
+            try:
+                frames = [f.frame async for f in client.say(session, opts.text) if f.frame]
+            finally:
+                await client.end_session(session)
+        return write_wav(opts.out, frames)
+
+    if opts.worker:
+        return await speak(opts.worker)
+    # No worker given: run one in this process for just this utterance.
+    from duplex.config import load_config
+    from duplex.worker.config import WorkerConfig
+    from duplex.worker.server import Worker
+
+    config = load_config(
+        WorkerConfig,
+        opts.config,
+        overrides={"port": 0, "default_model": opts.model, "redis": None, "metrics_port": None},
+    )
+    async with Worker(config) as worker:
+        return await speak(f"127.0.0.1:{worker.port}")
+
+
+def cmd_say(opts: argparse.Namespace) -> int:
+    seconds = asyncio.run(_say(opts))
+    print(f"wrote {opts.out} ({seconds:.2f} s of 48 kHz mono audio)")
+    return 0
+
+
+async def _models(opts: argparse.Namespace) -> list[tuple[str, str, str, str, str]]:
+    if opts.worker:
+        from duplex.rpc.client import TtsClient
+
+        async with TtsClient(opts.worker) as client:
+            return [
+                (
+                    m.model_id,
+                    m.family,
+                    ",".join(m.languages),
+                    "resident" if m.is_loaded else m.metadata.get("loading", "") and "loading",
+                    m.metadata.get("description", ""),
+                )
+                for m in await client.list_models()
+            ]
+    from duplex.worker.catalog import Catalog
+
+    return [
+        (s.model_id, s.family, ",".join(s.languages), "", s.description) for s in Catalog.default()
+    ]
+
+
+def cmd_models(opts: argparse.Namespace) -> int:
+    rows = asyncio.run(_models(opts))
+    header = ("MODEL", "FAMILY", "LANGUAGES", "STATE", "DESCRIPTION")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)), row[4])
+    return 0
+
+
+def cmd_bench_worker(opts: argparse.Namespace) -> int:
+    from duplex.bench.worker import run_worker_bench
+
+    return asyncio.run(run_worker_bench(opts))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="duplex", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    worker = sub.add_parser("worker", help="serve TTS models over gRPC")
+    worker.add_argument("--config", type=Path, help="YAML config file")
+    worker.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    worker.add_argument("--port", type=int, help="gRPC port (default 50051)")
+    worker.add_argument("--default-model", help="model loaded and warmed at start (piper-joe)")
+    worker.add_argument("--preload", action="append", help="more models to load at start")
+    worker.add_argument("--redis", help="register in Redis for discovery, e.g. redis://host:6379")
+    worker.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    worker.add_argument("--name", help="worker name in discovery (default: hostname)")
+    worker.add_argument("--advertise", help="host:port others use to reach this worker")
+    worker.add_argument("--test-models", action="store_true", help="add the tone test models")
+    worker.set_defaults(func=cmd_worker)
+
+    say = sub.add_parser("say", help="synthesise TEXT into a WAV file")
+    say.add_argument("text")
+    say.add_argument("--out", type=Path, required=True, help="WAV file to write (48 kHz mono)")
+    say.add_argument("--model", help="model id (see `duplex models`)")
+    say.add_argument("--voice", help="voice of the model, if it has several")
+    say.add_argument("--worker", help="worker address host:port (default: run one in-process)")
+    say.add_argument("--config", type=Path, help="worker config for the in-process worker")
+    say.set_defaults(func=cmd_say)
+
+    models = sub.add_parser("models", help="list model ids")
+    models.add_argument("--worker", help="ask a running worker (shows what is resident)")
+    models.set_defaults(func=cmd_models)
+
+    bench = sub.add_parser("bench", help="measure latency and timing").add_subparsers(
+        dest="bench", required=True
+    )
+    bw = bench.add_parser("worker", help="first audio, PAUSE, jitter, RTF and load time")
+    bw.add_argument("--worker", help="bench a running worker instead of starting one")
+    bw.add_argument(
+        "--models", action="append", help="model ids (default piper-joe,kokoro-ja,pico-en)"
+    )
+    bw.add_argument("--runs", type=int, default=20, help="utterances per measurement")
+    bw.add_argument("--sessions", default="1,3,10", help="concurrency levels for jitter")
+    bw.add_argument("--json", type=Path, help="also write the results as JSON")
+    bw.set_defaults(func=cmd_bench_worker)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if opts.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code: int = opts.func(opts)
+    except DuplexError as exc:
+        print(f"duplex: error: {exc}", file=sys.stderr)
+        return 2
+    except grpc.aio.AioRpcError as exc:
+        print(f"duplex: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The Redis discovery contract shared by workers (writers) and orchestrators (readers).
+
+Each worker keeps `duplex:worker:<name>` alive with a TTL of about three heartbeats and
+publishes on `duplex:events` whenever its resident set changes; a record whose key expired is a
+worker that is gone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+KEY_PREFIX = "duplex:worker:"
+EVENTS_CHANNEL = "duplex:events"
+
+
+def worker_key(name: str) -> str:
+    return f"{KEY_PREFIX}{name}"
+
+
+@dataclass
+class WorkerRecord:
+    name: str
+    addr: str
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    models: list[str] = field(default_factory=list)
+    resident_models: list[str] = field(default_factory=list)
+    loading_models: list[str] = field(default_factory=list)
+    model_last_used: dict[str, float] = field(default_factory=dict)
+    model_errors: dict[str, str] = field(default_factory=dict)
+    active_sessions: int = 0
+    max_sessions: int = 0
+    queue_depth: int = 0
+    rtf_p50: float = 0.0
+    labels: dict[str, str] = field(default_factory=dict)
+    version: str = ""
+    started_at: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> WorkerRecord:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("a worker record is a JSON object")
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class WorkerEvent:
+    """Published on EVENTS_CHANNEL: `type` is `worker.up`, `worker.updated` or `worker.down`."""
+
+    type: str
+    name: str
+    resident_models: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"type": self.type, "name": self.name, "resident_models": list(self.resident_models)}
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> WorkerEvent:
+        data = json.loads(raw)
+        return cls(str(data["type"]), str(data["name"]), tuple(data.get("resident_models", ())))

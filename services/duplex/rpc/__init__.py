@@ -1,0 +1,1 @@
+"""The gRPC streaming ABI (`tts.TTSService`): generated stubs and a typed client."""

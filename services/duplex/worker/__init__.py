@@ -1,0 +1,1 @@
+"""The TTS worker: model manager, adapters and the gRPC streaming service."""

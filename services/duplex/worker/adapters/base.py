@@ -1,0 +1,92 @@
+"""The adapter interface every TTS family implements, and the catalog entry it loads from."""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from duplex.errors import InvalidInput, MissingDependency
+
+NativeAudio = npt.NDArray[np.float32] | npt.NDArray[np.int16]
+
+WARMUP_TEXT = "Hello! This is a short sentence to warm up the voice."
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One entry of the model catalog: which family loads it and from where.
+
+    `source` is `package` for weights shipped inside an installed Python package, or a local
+    file path; families that know a hub accept a hub id there for users who can reach one.
+    """
+
+    model_id: str
+    family: str
+    source: str = "package"
+    languages: tuple[str, ...] = ("en",)
+    voices: tuple[str, ...] = ()
+    default_voice: str | None = None
+    memory_mib: int = 100
+    threads: int = 1
+    description: str = ""
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def voice_or_default(self, voice: str | None) -> str | None:
+        if not voice:
+            return self.default_voice
+        if self.voices and voice not in self.voices:
+            raise InvalidInput(
+                f"model {self.model_id!r} has no voice {voice!r}; "
+                f"valid voices: {', '.join(self.voices)}"
+            )
+        return voice
+
+
+class TtsAdapter(ABC):
+    """A loaded TTS model. Implement `load` and `synthesize`; the worker owns the rest.
+
+    Both methods block (they run model inference) and are called from worker threads, never
+    on the event loop. The worker serialises calls into one adapter with `lock` unless the
+    family sets `thread_safe`, because phonemisers such as espeak-ng keep global state.
+    """
+
+    family: ClassVar[str]
+    thread_safe: ClassVar[bool] = False
+    # Families whose `synthesize` yields several chunks for one text stream sub-sentence audio.
+    streams_within_unit: ClassVar[bool] = False
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.lock = threading.Lock()
+
+    @property
+    @abstractmethod
+    def native_rate(self) -> int:
+        """Sample rate of the audio `synthesize` yields."""
+
+    @abstractmethod
+    def load(self) -> None:
+        """Read the weights and build the inference session."""
+
+    @abstractmethod
+    def synthesize(self, text: str, voice: str | None, speed: float) -> Iterator[NativeAudio]:
+        """Yield mono audio chunks (float32 in [-1, 1] or int16) at `native_rate`."""
+
+    def close(self) -> None:  # noqa: B027 - most families have nothing to release
+        """Release what `load` acquired."""
+
+
+def require(module: str, extra: str) -> None:
+    """Fail with an install hint when a family's optional dependency is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingDependency(
+            f"the {extra!r} model family needs extra packages: pip install 'duplex-voice[{extra}]'"
+        )

@@ -1,0 +1,89 @@
+"""Settings of one TTS worker."""
+
+from __future__ import annotations
+
+import socket
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from duplex.worker.adapters import ModelSpec
+
+
+class ModelEntry(BaseModel):
+    """A catalog entry from the config file, e.g. a Piper voice on disk."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    family: str
+    source: str = "package"
+    languages: list[str] = ["en"]
+    voices: list[str] = []
+    default_voice: str | None = None
+    memory_mib: int = Field(100, ge=1)
+    threads: int = Field(1, ge=1)
+    description: str = ""
+    options: dict[str, str] = {}
+
+    def to_spec(self) -> ModelSpec:
+        return ModelSpec(
+            model_id=self.id,
+            family=self.family,
+            source=self.source,
+            languages=tuple(self.languages),
+            voices=tuple(self.voices),
+            default_voice=self.default_voice,
+            memory_mib=self.memory_mib,
+            threads=self.threads,
+            description=self.description,
+            options=dict(self.options),
+        )
+
+
+class ManagerConfig(BaseModel):
+    """How the ModelManager keeps models resident."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_model: str = "piper-joe"
+    preload: list[str] = []
+    # Most models resident at once; loading one more evicts the least recently used idle one.
+    max_resident: int = Field(3, ge=1)
+    # An idle model is unloaded after this long (0 keeps models until evicted by the cap).
+    ttl_seconds: float = Field(600.0, ge=0)
+    # A model is never evicted sooner than this after it was loaded (avoids load/unload thrash).
+    min_residency_seconds: float = Field(30.0, ge=0)
+    max_parallel_loads: int = Field(1, ge=1)
+    loudness_target_dbfs: float = Field(-18.0, le=0)
+
+
+class WorkerConfig(ManagerConfig):
+    name: str = Field(default_factory=socket.gethostname)
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    # Address other processes use to reach this worker (defaults to host:port).
+    advertise: str | None = None
+    models: list[ModelEntry] = []
+    test_models: bool = False
+    max_sessions: int = Field(16, ge=1)
+    # A session with no stream for this long is ended (a client that vanished without EndSession).
+    session_idle_seconds: float = Field(300.0, gt=0)
+    # Audio a session may synthesise ahead of what it has sent.
+    buffer_seconds: float = Field(5.0, gt=0)
+    default_pacing: Literal["realtime", "none"] = "realtime"
+    default_lead_ms: int = Field(60, ge=0, le=2000)
+    max_text_chars: int = Field(65536, ge=1)
+    redis: str | None = None
+    heartbeat_seconds: float = Field(1.0, gt=0)
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    labels: dict[str, str] = {}
+    # Kubernetes mode: follow this Pod's duplex.dev/model-set annotation.
+    pod_name: str | None = None
+    pod_namespace: str = "default"
+
+    def address(self) -> str:
+        return self.advertise or f"{self.host}:{self.port}"
+
+    def model_specs(self) -> list[ModelSpec]:
+        return [entry.to_spec() for entry in self.models]
