@@ -123,6 +123,52 @@ def cmd_models(opts: argparse.Namespace) -> int:
     return 0
 
 
+def _orchestrator_config(opts: argparse.Namespace, **extra: object) -> object:
+    from duplex.config import load_config
+    from duplex.orchestrator.config import OrchestratorConfig
+
+    return load_config(
+        OrchestratorConfig,
+        opts.config,
+        overrides={
+            "host": opts.host,
+            "port": opts.port,
+            "workers": _split(getattr(opts, "worker", None)),
+            "redis": getattr(opts, "redis", None),
+            "default_model": opts.model,
+            **extra,
+        },
+    )
+
+
+def cmd_orchestrator(opts: argparse.Namespace) -> int:
+    from duplex.orchestrator.config import OrchestratorConfig
+    from duplex.orchestrator.server import serve
+
+    config = _orchestrator_config(opts)
+    assert isinstance(config, OrchestratorConfig)
+    asyncio.run(serve(config))
+    return 0
+
+
+def cmd_demo(opts: argparse.Namespace) -> int:
+    from duplex.demo import run_demo
+
+    return asyncio.run(run_demo(opts))
+
+
+def cmd_talk(opts: argparse.Namespace) -> int:
+    from duplex.clients.talk import run
+
+    return run(opts.url, opts.input, opts.output, opts.model, opts.voice, opts.timeout)
+
+
+def cmd_bench_conversation(opts: argparse.Namespace) -> int:
+    from duplex.bench.conversation import run_conversation_bench
+
+    return asyncio.run(run_conversation_bench(opts))
+
+
 def cmd_bench_worker(opts: argparse.Namespace) -> int:
     from duplex.bench.worker import run_worker_bench
 
@@ -160,6 +206,34 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--worker", help="ask a running worker (shows what is resident)")
     models.set_defaults(func=cmd_models)
 
+    orch = sub.add_parser("orchestrator", help="serve conversations (WebSocket + web page)")
+    orch.add_argument("--config", type=Path, help="YAML config file")
+    orch.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    orch.add_argument("--port", type=int, help="HTTP port (default 8080)")
+    orch.add_argument("--worker", action="append", help="TTS worker host:port (repeatable)")
+    orch.add_argument("--redis", help="discover workers in Redis instead")
+    orch.add_argument("--model", help="default TTS model")
+    orch.set_defaults(func=cmd_orchestrator)
+
+    demo = sub.add_parser("demo", help="worker + orchestrator + web page on this machine")
+    demo.add_argument("--config", type=Path, help="orchestrator YAML config file")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    demo.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    demo.add_argument("--model", help="TTS model to start with (default piper-joe)")
+    demo.add_argument("--preload", action="append", help="more TTS models to load at start")
+    demo.add_argument("--llm", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    demo.add_argument("--llm-model", default="gpt-4o-mini", help="model name for --llm")
+    demo.set_defaults(func=cmd_demo)
+
+    talk = sub.add_parser("talk", help="talk to an orchestrator from the terminal")
+    talk.add_argument("--url", default="ws://127.0.0.1:8080/ws")
+    talk.add_argument("--input", type=Path, help="speak this WAV instead of the microphone")
+    talk.add_argument("--output", type=Path, help="write the reply audio to this WAV")
+    talk.add_argument("--model", help="TTS model")
+    talk.add_argument("--voice", help="TTS voice")
+    talk.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a reply")
+    talk.set_defaults(func=cmd_talk)
+
     bench = sub.add_parser("bench", help="measure latency and timing").add_subparsers(
         dest="bench", required=True
     )
@@ -172,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     bw.add_argument("--sessions", default="1,3,10", help="concurrency levels for jitter")
     bw.add_argument("--json", type=Path, help="also write the results as JSON")
     bw.set_defaults(func=cmd_bench_worker)
+    bc = bench.add_parser("conversation", help="voice-to-voice, barge-in and false barge-in")
+    bc.add_argument("--url", help="bench a running orchestrator (ws://host:port/ws)")
+    bc.add_argument("--model", default="piper-joe", help="TTS model for the bot's replies")
+    bc.add_argument("--runs", type=int, default=10, help="turns per measurement")
+    bc.add_argument("--json", type=Path, help="also write the results as JSON")
+    bc.set_defaults(func=cmd_bench_conversation)
     return parser
 
 

@@ -193,7 +193,12 @@ async def test_audio_is_intelligible_speech(client: TtsClient, model: str, whisp
     sid = await session(client, model, pacing="none")
     pcm = audio_of(await collect(client, sid, text)).astype(np.float32) / 32768
     await client.end_session(sid)
-    segments, _ = whisper.transcribe(soxr.resample(pcm, 48000, 16000), language="en", beam_size=1)  # type: ignore[attr-defined]
+    segments, _ = await asyncio.to_thread(
+        whisper.transcribe,  # type: ignore[attr-defined]
+        soxr.resample(pcm, 48000, 16000),
+        language="en",
+        beam_size=1,
+    )
     heard = " ".join(s.text for s in segments).lower()
     words = ["quick", "brown", "fox", "jumps", "over", "lazy", "dog"]
     hits = sum(w in heard for w in words)

@@ -75,9 +75,12 @@ async def _session(client: TtsClient, model: str, **options: str) -> str:
 
 
 async def first_audio(client: TtsClient, model: str, runs: int) -> list[float]:
-    """First text chunk in → first data frame out."""
+    """First text chunk in → first data frame out.
+
+    Each run reads its utterance to the end, so no earlier synthesis still occupies the model.
+    """
     out = []
-    sid = await _session(client, model, pacing="realtime")
+    sid = await _session(client, model, pacing="none")
     for _ in range(runs):
         sent = 0.0
 
@@ -86,14 +89,14 @@ async def first_audio(client: TtsClient, model: str, runs: int) -> list[float]:
             sent = time.perf_counter()
             yield FIRST_TEXT, True
 
-        heard = False
+        first: float | None = None
         async for frame in client.synthesize(sid, texts()):
-            if frame.frame is not None and not heard:
-                heard = True
-                out.append(time.perf_counter() - sent)
-                await client.control(sid, Command.STOP)
+            if frame.frame is not None and first is None:
+                first = time.perf_counter() - sent
             if frame.is_final:
                 break
+        if first is not None:
+            out.append(first)
     await client.end_session(sid)
     return out
 

@@ -1,0 +1,1 @@
+"""The conversation orchestrator: sessions, barge-in, routing and transports."""

@@ -1,0 +1,46 @@
+"""Settings of the orchestrator."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from duplex.orchestrator.asr import AsrConfig
+from duplex.orchestrator.responder import ResponderConfig
+
+
+class TurnConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_silence: float = Field(0.25, ge=0)
+    default_silence: float = Field(0.7, ge=0)
+    incomplete_silence: float = Field(2.2, ge=0)
+    max_turn_seconds: float = Field(30.0, gt=0)
+
+
+class BargeInConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Interrupting speech shorter than this, or without words, is a cough: resume.
+    min_speech_seconds: float = Field(0.3, ge=0)
+    # Speech this long confirms the interruption without waiting for it to end.
+    confirm_after_seconds: float = Field(1.0, gt=0)
+
+
+class OrchestratorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: list[str] = []
+    redis: str | None = None
+    default_model: str = "piper-joe"
+    default_voice: str | None = None
+    language: str = "en"
+    # Audio sent to the client ahead of real time: a small jitter cushion, and all that a
+    # barge-in ever has to flush.
+    client_lead_ms: int = Field(80, ge=0, le=1000)
+    max_text_chars: int = Field(4096, ge=1)
+    asr: AsrConfig = AsrConfig()
+    responder: ResponderConfig = ResponderConfig()
+    turn: TurnConfig = TurnConfig()
+    barge_in: BargeInConfig = BargeInConfig()

@@ -1,0 +1,279 @@
+"""One spoken reply: responder text → TTS worker → paced frames to the client.
+
+Three stages under one TaskGroup: the feeder logs the responder's text, the synthesiser
+streams that text to a worker and queues the frames it gets back, and the playout sends them
+to the client at real time plus a small lead. PAUSE gates the playout at once and asks the
+worker to pause; STOP cancels it all. If the worker dies mid-reply, the synthesiser picks
+another one and speaks again from the sentence the listener was in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from duplex.audio.frame import FRAME_SECONDS, PcmFrame
+from duplex.orchestrator.responder import Message, Responder
+from duplex.orchestrator.router import ClientPool, Route, Router
+from duplex.rpc.client import Command
+from duplex.tasks import TaskSet
+
+log = logging.getLogger(__name__)
+
+# Speech runs at roughly this many characters per second; it maps audio heard back to text.
+CHARS_PER_SECOND = 15.0
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}
+
+
+@dataclass
+class TextLog:
+    """Reply text as it is generated, readable from any offset by any number of streams."""
+
+    pieces: list[str] = field(default_factory=list)
+    done: bool = False
+    _grew: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, piece: str) -> None:
+        self.pieces.append(piece)
+        self._grew.set()
+
+    def finish(self) -> None:
+        self.done = True
+        self._grew.set()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    async def follow(self, start: int, prefix: str = "") -> AsyncIterator[tuple[str, bool]]:
+        if prefix:
+            yield prefix, False
+        i = start
+        while True:
+            while i < len(self.pieces):
+                yield self.pieces[i], False
+                i += 1
+            if self.done:
+                yield "", True
+                return
+            self._grew.clear()
+            await self._grew.wait()
+
+
+class _End:
+    pass
+
+
+@dataclass
+class ReplyStats:
+    first_frame_at: float | None = None  # monotonic
+    frames_sent: int = 0
+    failovers: int = 0
+
+
+class Reply:
+    def __init__(
+        self,
+        *,
+        router: Router,
+        pool: ClientPool,
+        tts_sessions: dict[str, str],
+        model: str,
+        voice: str | None,
+        language: str | None,
+        lead_seconds: float,
+        send_audio: Callable[[PcmFrame], None],
+        on_text: Callable[[str], None],
+        on_first_frame: Callable[[], None],
+        tasks: TaskSet,
+    ) -> None:
+        self._tasks = tasks  # the session's: control calls outlive neither it nor this reply
+        self._router = router
+        self._pool = pool
+        self._tts_sessions = tts_sessions  # worker addr → TTS session id, kept across turns
+        self.model = model
+        self.voice = voice
+        self.language = language
+        self._lead = lead_seconds
+        self._send_audio = send_audio
+        self._on_text = on_text
+        self._on_first_frame = on_first_frame
+        self.text = TextLog()
+        self.stats = ReplyStats()
+        self._frames: asyncio.Queue[PcmFrame | _End] = asyncio.Queue()
+        self._running = asyncio.Event()
+        self._running.set()
+        self._route: Route | None = None
+        self.stopped = False
+
+    # -- control (called by the session) ---------------------------------------------------
+
+    def pause(self) -> None:
+        """Silence now: the playout stops before its next frame; the worker is paused too."""
+        self._running.clear()
+        self._control(Command.PAUSE)
+
+    def resume(self) -> None:
+        self._control(Command.RESUME)
+        self._running.set()
+
+    def _control(self, command: Command) -> None:
+        route = self._route
+        if route is None:
+            return
+        sid = self._tts_sessions.get(route.worker.addr)
+        if sid is None:
+            return
+        # Not awaited: the playout gate already silenced the client; the worker can follow.
+        client = self._pool.get(route.worker.addr)
+        self._tasks.spawn(client.control(sid, command), f"control:{command.name}")
+
+    def heard_seconds(self) -> float:
+        """Audio the listener has heard: sent, minus what may still sit in their buffer."""
+        return max(0.0, self.stats.frames_sent * FRAME_SECONDS - self._lead)
+
+    def heard_text(self, complete: bool) -> str:
+        text = self.text.text
+        if complete:
+            return text.strip()
+        cut = int(self.heard_seconds() * CHARS_PER_SECOND)
+        if cut >= len(text):
+            return text.strip()
+        head = text[:cut]
+        return (head.rsplit(" ", 1)[0] if " " in head else head).strip()
+
+    # -- the stages ------------------------------------------------------------------------
+
+    async def run(self, responder: Responder, history: list[Message], user_text: str) -> bool:
+        """Speak the whole reply; True when it played to the end, False when stopped."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._feed(responder, history, user_text), name="feed")
+            synth = tg.create_task(self._synthesise(), name="synth")
+            try:
+                await self._playout()
+            finally:
+                synth.cancel()
+        return not self.stopped
+
+    async def stop(self) -> None:
+        self.stopped = True
+        self._running.set()
+        route = self._route
+        sid = self._tts_sessions.get(route.worker.addr) if route else None
+        if route is not None and sid is not None:
+            with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
+                async with asyncio.timeout(1):
+                    await self._pool.get(route.worker.addr).control(sid, Command.STOP)
+
+    async def _feed(self, responder: Responder, history: list[Message], user_text: str) -> None:
+        last_sent = 0.0
+        try:
+            async for piece in responder.respond(history, user_text):
+                self.text.add(piece)
+                # Reply text reaches the client at sentence ends, or at least 4 times a second.
+                now = time.monotonic()
+                if piece.rstrip().endswith((".", "!", "?", ",")) or now - last_sent > 0.25:
+                    last_sent = now
+                    self._on_text(self.text.text)
+        finally:
+            self.text.finish()
+        self._on_text(self.text.text)
+
+    async def _synthesise(self) -> None:
+        start, prefix = 0, ""
+        while True:
+            route = await self._router.route(self.model, self.language)
+            self._route = route
+            if route.load_on is not None:
+                self._request_load(route)
+            try:
+                sid = await self._session_on(route)
+                client = self._pool.get(route.worker.addr)
+                async for frame in client.synthesize(sid, self.text.follow(start, prefix)):
+                    if frame.frame is not None:
+                        await self._frames.put(frame.frame)
+                    if frame.is_final:
+                        await self._frames.put(_End())
+                        return
+                await self._frames.put(_End())  # the worker ended the stream (STOP)
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _RETRYABLE or self.stopped:
+                    raise
+                log.warning(
+                    "worker %s failed mid-reply (%s); failing over",
+                    route.worker.name,
+                    exc.code().name,
+                )
+                self._router.directory.mark_failed(route.worker.name)
+                self._tts_sessions.pop(route.worker.addr, None)
+                self.stats.failovers += 1
+                start, prefix = self._resume_point()
+
+    def _resume_point(self) -> tuple[int, str]:
+        """Where a new worker should start: the sentence the listener is in."""
+        pieces = self.text.pieces
+        text = "".join(pieces)
+        heard = min(len(text), int(self.heard_seconds() * CHARS_PER_SECOND))
+        cut = max(text.rfind(mark, 0, heard) for mark in (". ", "? ", "! "))
+        cut = cut + 2 if cut >= 0 else 0
+        return len(pieces), text[cut:]
+
+    async def _session_on(self, route: Route) -> str:
+        addr = route.worker.addr
+        sid = self._tts_sessions.get(addr)
+        if sid is not None and sid.endswith(f":{route.model}:{self.voice}"):
+            return sid
+        client = self._pool.get(addr)
+        if sid is not None:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await client.end_session(sid)
+        sid = f"{uuid.uuid4().hex[:12]}:{route.model}:{self.voice}"
+        options = {"pacing": "realtime", "lead_ms": "100"}
+        if self.voice:
+            options["voice"] = self.voice
+        # Recorded before the call: if this task is cancelled mid-call, the session's cleanup
+        # still ends what the worker may have started.
+        self._tts_sessions[addr] = sid
+        await client.start_session(sid, route.model, options)
+        return sid
+
+    def _request_load(self, route: Route) -> None:
+        assert route.load_on is not None
+        client = self._pool.get(route.load_on.addr)
+        self._tasks.spawn(client.load_model(self.model, preload_only=True), "load")
+
+    async def _playout(self) -> None:
+        next_due = time.monotonic()
+        while True:
+            item = await self._frames.get()
+            if isinstance(item, _End):
+                # Wait until the client has played what it was sent ahead of time.
+                await asyncio.sleep(max(0.0, next_due - time.monotonic()))
+                return
+            if not self._running.is_set():
+                await self._running.wait()
+                next_due = time.monotonic()
+            if self.stopped:
+                return
+            now = time.monotonic()
+            if now < next_due - self._lead:
+                await asyncio.sleep(next_due - self._lead - now)
+                if not self._running.is_set():
+                    await self._running.wait()
+                    next_due = time.monotonic()
+                if self.stopped:
+                    return
+            next_due = max(next_due, time.monotonic()) + FRAME_SECONDS
+            if self.stats.first_frame_at is None:
+                self.stats.first_frame_at = time.monotonic()
+                self._on_first_frame()
+            self._send_audio(item)
+            self.stats.frames_sent += 1

@@ -1,0 +1,258 @@
+"""Which worker speaks a turn: discovery (static or Redis) and the routing rule.
+
+Rule: filter by model availability, language and free capacity → prefer workers where the
+model is resident → least loaded, choosing at random among near-equal loads (stale load
+reports would otherwise pile a burst of sessions onto one worker). If the model is resident
+nowhere, the best worker is asked to load it and a resident fallback speaks meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from duplex.discovery import EVENTS_CHANNEL, KEY_PREFIX, WorkerEvent, WorkerRecord, worker_key
+from duplex.errors import AtCapacity, UnknownModel
+from duplex.rpc.client import TtsClient
+from duplex.tasks import TaskSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerView:
+    name: str
+    addr: str
+    models: set[str] = field(default_factory=set)
+    resident: set[str] = field(default_factory=set)
+    loading: set[str] = field(default_factory=set)
+    languages: dict[str, set[str]] = field(default_factory=dict)  # model → languages
+    active_sessions: int = 0
+    max_sessions: int = 1
+    rtf: float = 0.0
+    failed_until: float = 0.0
+
+    @property
+    def load(self) -> float:
+        return self.active_sessions / max(1, self.max_sessions)
+
+
+@dataclass(frozen=True)
+class Route:
+    worker: WorkerView
+    model: str  # the model to speak with now (the wanted one, or a resident fallback)
+    # When a fallback speaks: the worker to ask to load the wanted model meanwhile.
+    load_on: WorkerView | None = None
+
+
+class ClientPool:
+    """One gRPC channel per worker address, shared by every session of this process."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, TtsClient] = {}
+
+    def get(self, addr: str) -> TtsClient:
+        client = self._clients.get(addr)
+        if client is None:
+            client = self._clients[addr] = TtsClient(addr)
+        return client
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+
+class Directory:
+    """The local view of workers. Subclasses fill `_workers` and refresh it."""
+
+    def __init__(self, pool: ClientPool) -> None:
+        self.pool = pool
+        self._workers: dict[str, WorkerView] = {}
+
+    async def start(self) -> None:
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        return None
+
+    def workers(self) -> list[WorkerView]:
+        now = time.monotonic()
+        return [w for w in self._workers.values() if w.failed_until <= now]
+
+    def mark_failed(self, name: str, seconds: float = 5.0) -> None:
+        if worker := self._workers.get(name):
+            worker.failed_until = time.monotonic() + seconds
+
+    async def _describe(self, name: str, addr: str) -> WorkerView:
+        """Ask a worker directly what it serves (static discovery has no records)."""
+        client = self.pool.get(addr)
+        models = await client.list_models()
+        caps = await client.capabilities()
+        return WorkerView(
+            name=name,
+            addr=addr,
+            models={m.model_id for m in models},
+            resident={m.model_id for m in models if m.is_loaded},
+            loading={m.model_id for m in models if m.metadata.get("loading")},
+            languages={m.model_id: set(m.languages) for m in models},
+            active_sessions=int(caps.metrics.get("active_sessions", 0)),
+            max_sessions=caps.capabilities.max_concurrent_sessions or 1,
+            rtf=caps.metrics.get("rtf_p50", 0.0),
+        )
+
+
+class StaticDirectory(Directory):
+    def __init__(self, pool: ClientPool, addresses: Sequence[str]) -> None:
+        super().__init__(pool)
+        self._addresses = list(addresses)
+
+    async def refresh(self) -> None:
+        for addr in self._addresses:
+            try:
+                async with asyncio.timeout(5):
+                    view = await self._describe(addr, addr)
+            except (grpc.aio.AioRpcError, TimeoutError) as exc:
+                log.warning("worker %s unreachable: %s", addr, exc)
+                self.mark_failed(addr)
+                continue
+            old = self._workers.get(addr)
+            if old is not None:
+                view.failed_until = old.failed_until
+            self._workers[addr] = view
+
+
+class RedisDirectory(Directory):
+    """A scan at start, then the events channel; records whose key expired are dropped."""
+
+    def __init__(self, pool: ClientPool, url: str) -> None:
+        super().__init__(pool)
+        self._redis = aioredis.from_url(url)
+        self._tasks = TaskSet("redis-directory")
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._tasks.spawn(self._follow_events(), "events")
+
+    async def refresh(self) -> None:
+        names = [
+            key.decode()[len(KEY_PREFIX) :] async for key in self._redis.scan_iter(f"{KEY_PREFIX}*")
+        ]
+        names = sorted(set(names) | set(self._workers))
+        raws = await self._redis.mget([worker_key(n) for n in names]) if names else []
+        for name, raw in zip(names, raws, strict=True):
+            if raw is None:
+                self._workers.pop(name, None)  # expired: the worker is gone
+                continue
+            self._apply(WorkerRecord.from_json(raw))
+
+    def _apply(self, record: WorkerRecord) -> None:
+        old = self._workers.get(record.name)
+        langs = set(record.capabilities.get("languages", []))
+        self._workers[record.name] = WorkerView(
+            name=record.name,
+            addr=record.addr,
+            models=set(record.models),
+            resident=set(record.resident_models),
+            loading=set(record.loading_models),
+            languages={m: langs for m in record.models},
+            active_sessions=record.active_sessions,
+            max_sessions=max(1, record.max_sessions),
+            rtf=record.rtf_p50,
+            failed_until=old.failed_until if old else 0.0,
+        )
+
+    async def _follow_events(self) -> None:
+        pubsub = self._redis.pubsub()
+        await pubsub.subscribe(EVENTS_CHANNEL)
+        try:
+            async for message in pubsub.listen():
+                if message.get("type") != "message":
+                    continue
+                try:
+                    event = WorkerEvent.from_json(message["data"])
+                except (ValueError, KeyError) as exc:
+                    log.warning("ignoring malformed discovery event: %s", exc)
+                    continue
+                if event.type == "worker.down":
+                    self._workers.pop(event.name, None)
+                    continue
+                raw = await self._redis.get(worker_key(event.name))
+                if raw is not None:
+                    self._apply(WorkerRecord.from_json(raw))
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def aclose(self) -> None:
+        await self._tasks.aclose()
+        await self._redis.aclose()
+
+
+class Router:
+    def __init__(self, directory: Directory, rng: random.Random | None = None) -> None:
+        self.directory = directory
+        self._rng = rng or random.Random()
+
+    async def route(self, model: str, language: str | None = None) -> Route:
+        # Load and residency change all the time: refresh before deciding.
+        try:
+            await self.directory.refresh()
+        except (RedisError, OSError) as exc:
+            log.warning("discovery refresh failed, routing on the last view: %s", exc)
+        workers = self.directory.workers()
+        serving = [w for w in workers if model in w.models and _speaks(w, model, language)]
+        if not serving:
+            known = sorted({m for w in workers for m in w.models})
+            raise UnknownModel(
+                f"no worker serves model {model!r}"
+                + (f" in {language!r}" if language else "")
+                + (f"; available: {', '.join(known)}" if known else "; no workers are up")
+            )
+        free = [w for w in serving if w.active_sessions < w.max_sessions]
+        if not free:
+            raise AtCapacity(f"every worker serving {model!r} is at its session limit")
+        resident = [w for w in free if model in w.resident]
+        if resident:
+            return Route(self._least_loaded(resident), model)
+        target = self._least_loaded(free)
+        fallback = self._fallback(free, language, exclude=model)
+        if fallback is None:
+            return Route(target, model)  # nothing else to say it with: wait for the load
+        return Route(fallback[0], fallback[1], load_on=target)
+
+    def _least_loaded(self, workers: list[WorkerView]) -> WorkerView:
+        best = min(w.load for w in workers)
+        near = [w for w in workers if w.load <= best + 0.1]
+        return self._rng.choice(near)
+
+    def _fallback(
+        self, workers: list[WorkerView], language: str | None, exclude: str
+    ) -> tuple[WorkerView, str] | None:
+        options = [
+            (w, m)
+            for w in workers
+            for m in sorted(w.resident)
+            if m != exclude and _speaks(w, m, language)
+        ]
+        if not options:
+            return None
+        w = self._least_loaded([w for w, _ in options])
+        return w, next(m for ww, m in options if ww is w)
+
+
+def _speaks(worker: WorkerView, model: str, language: str | None) -> bool:
+    if not language:
+        return True
+    langs = worker.languages.get(model, set())
+    return not langs or language in langs or language.split("-")[0] in langs

@@ -1,0 +1,229 @@
+"""The orchestrator process: HTTP (page, health, metrics, models) and the WebSocket transport."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from duplex.audio.frame import PcmFrame
+from duplex.errors import DuplexError, InvalidInput
+from duplex.orchestrator.asr import WhisperTranscriber
+from duplex.orchestrator.config import OrchestratorConfig
+from duplex.orchestrator.metrics import OrchestratorMetrics
+from duplex.orchestrator.responder import make_responder
+from duplex.orchestrator.router import (
+    ClientPool,
+    Directory,
+    RedisDirectory,
+    Router,
+    StaticDirectory,
+)
+from duplex.orchestrator.session import ConversationSession, Services, SessionStart
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(str(resources.files("duplex.orchestrator") / "web"))
+
+
+class WsOutput:
+    """Queues a session's events and audio; one writer task sends them in order."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self._ws = ws
+        self._queue: asyncio.Queue[dict[str, Any] | bytes] = asyncio.Queue()
+
+    def send_event(self, event: dict[str, Any]) -> None:
+        self._queue.put_nowait(event)
+
+    def send_audio(self, frame: PcmFrame) -> None:
+        self._queue.put_nowait(frame.data)
+
+    async def write(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if self._ws.closed:
+                return
+            if isinstance(item, bytes):
+                await self._ws.send_bytes(item)
+            else:
+                await self._ws.send_str(json.dumps(item))
+
+
+class Orchestrator:
+    def __init__(self, config: OrchestratorConfig) -> None:
+        self.config = config
+        self.metrics = OrchestratorMetrics()
+        self.pool = ClientPool()
+        directory: Directory
+        if config.redis:
+            directory = RedisDirectory(self.pool, config.redis)
+        else:
+            directory = StaticDirectory(self.pool, config.workers)
+        self.router = Router(directory)
+        self.asr = WhisperTranscriber(config.asr)
+        self.responder = make_responder(config.responder)
+        self.services = Services(
+            config, self.router, self.pool, self.asr, self.responder, self.metrics
+        )
+        self._runner: web.AppRunner | None = None
+        self._sessions: set[asyncio.Task[None]] = set()
+        self.port = config.port
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self._index)
+        app.router.add_get("/ws", self._websocket)
+        app.router.add_get("/healthz", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/api/models", self._models)
+        app.router.add_static("/static", WEB_DIR)
+        return app
+
+    async def start(self) -> None:
+        if not self.config.workers and not self.config.redis:
+            raise InvalidInput("no TTS workers: give --worker ADDR (repeatable) or --redis URL")
+        await self.asr.load()
+        await self.router.directory.start()
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        await site.start()
+        server = site._server
+        if isinstance(server, asyncio.Server) and server.sockets:  # port 0: learn the real one
+            self.port = server.sockets[0].getsockname()[1]
+
+    async def aclose(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()  # closes WebSockets: their sessions end
+        await self.router.directory.aclose()
+        await self.responder.aclose()
+        await self.pool.aclose()
+        await asyncio.to_thread(self.asr.close)
+
+    async def __aenter__(self) -> Orchestrator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(WEB_DIR / "index.html")
+
+    async def _health(self, request: web.Request) -> web.Response:
+        workers = self.router.directory.workers()
+        status = 200 if workers else 503
+        return web.json_response({"ok": bool(workers), "workers": len(workers)}, status=status)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        seen: dict[str, dict[str, Any]] = {}
+        for worker in self.router.directory.workers():
+            try:
+                models = await self.pool.get(worker.addr).list_models()
+            except Exception as exc:  # boundary: one bad worker must not break the list
+                log.warning("listing models of %s failed: %s", worker.name, exc)
+                continue
+            for info in models:
+                entry = seen.setdefault(
+                    info.model_id,
+                    {
+                        "model_id": info.model_id,
+                        "family": info.family,
+                        "languages": list(info.languages),
+                        "voices": [v for v in info.metadata.get("voices", "").split(",") if v],
+                        "default_voice": info.metadata.get("default_voice"),
+                        "description": info.metadata.get("description", ""),
+                        "resident": False,
+                    },
+                )
+                entry["resident"] = entry["resident"] or info.is_loaded
+        listed = sorted(seen.values(), key=lambda m: (not m["resident"], m["model_id"]))
+        return web.json_response({"models": listed, "default_model": self.config.default_model})
+
+    # -- WebSocket -------------------------------------------------------------------------
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        # Messages up to 4 MB are read so that an oversized one gets an error, not a hang-up.
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4 << 20)
+        await ws.prepare(request)
+        output = WsOutput(ws)
+        session: ConversationSession | None = None
+        async with asyncio.TaskGroup() as tg:
+            writer = tg.create_task(output.write(), name="ws-writer")
+            runner: asyncio.Task[None] | None = None
+            try:
+                async for msg in ws:
+                    try:
+                        if msg.type == WSMsgType.BINARY:
+                            if session is None:
+                                raise InvalidInput("send session.start before audio")
+                            session.feed_audio(msg.data)
+                        elif msg.type == WSMsgType.TEXT:
+                            started = await self._on_text(msg.data, session)
+                            if started is not None:  # a new session.start replaces the old
+                                if runner is not None:
+                                    runner.cancel()
+                                session = ConversationSession(self.services, output, started.start)
+                                runner = tg.create_task(session.run(), name="session")
+                        elif msg.type == WSMsgType.ERROR:
+                            break
+                    except DuplexError as exc:
+                        self.metrics.errors.labels(exc.code).inc()
+                        output.send_event({"type": "error", "code": exc.code, "message": str(exc)})
+            finally:
+                if runner is not None:
+                    runner.cancel()
+                writer.cancel()
+        return ws
+
+    async def _on_text(self, data: str, session: ConversationSession | None) -> _Restart | None:
+        try:
+            event = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"malformed JSON: {exc}") from None
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            raise InvalidInput('a text message is a JSON object with a "type"')
+        kind = event["type"]
+        if kind == "session.start":
+            return _Restart(SessionStart.parse(event, self.config))
+        if session is None:
+            raise InvalidInput(f"send session.start before {kind!r}")
+        if kind == "text":
+            await session.submit_text(event.get("text"))  # type: ignore[arg-type]
+        elif kind == "control":
+            await session.control(str(event.get("command")))
+        else:
+            raise InvalidInput(
+                f"unknown message type {kind!r}; valid: session.start, text, control"
+            )
+        return None
+
+
+class _Restart:
+    def __init__(self, start: SessionStart) -> None:
+        self.start = start
+
+
+async def serve(config: OrchestratorConfig) -> None:
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Orchestrator(config) as orch:
+        print(f"duplex orchestrator on http://{config.host}:{orch.port}/", flush=True)
+        await stop.wait()

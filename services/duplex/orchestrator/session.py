@@ -1,0 +1,418 @@
+"""One conversation: the only module that wires the stages, in the order data flows.
+
+audio in → resample to 16 kHz → Silero VAD → end-of-turn (ASR + turn policy) → responder
+→ Reply (TTS worker → paced frames) → out. Barge-in: speech while the bot talks pauses the
+reply at once (client told to pause playback); words confirm it (STOP, flush, new turn);
+a cough or a backchannel resumes it where it paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from duplex.audio.frame import PcmFrame
+from duplex.audio.resample import StreamResampler
+from duplex.errors import DuplexError, InvalidInput
+from duplex.orchestrator.asr import ASR_RATE, WhisperTranscriber
+from duplex.orchestrator.config import OrchestratorConfig
+from duplex.orchestrator.metrics import OrchestratorMetrics
+from duplex.orchestrator.reply import Reply
+from duplex.orchestrator.responder import Message, Responder
+from duplex.orchestrator.router import ClientPool, Router
+from duplex.orchestrator.state import State, StateMachine
+from duplex.orchestrator.turn import TurnPolicy, is_backchannel, required_silence, words
+from duplex.orchestrator.vad import SileroVad, VadKind
+from duplex.tasks import TaskSet
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+_PREROLL_SECONDS = 0.3  # audio kept from before the VAD fired: onsets are detected late
+_HISTORY_TURNS = 20
+
+
+class SessionOutput(Protocol):
+    """Where a session's output goes. Both calls queue and return at once, in order."""
+
+    def send_event(self, event: dict[str, Any]) -> None: ...
+    def send_audio(self, frame: PcmFrame) -> None: ...
+
+
+@dataclass
+class Services:
+    """What every session of an orchestrator process shares."""
+
+    config: OrchestratorConfig
+    router: Router
+    pool: ClientPool
+    asr: WhisperTranscriber
+    responder: Responder
+    metrics: OrchestratorMetrics
+
+
+@dataclass(frozen=True)
+class SessionStart:
+    sample_rate: int
+    model: str
+    voice: str | None = None
+    language: str | None = None
+
+    @classmethod
+    def parse(cls, event: dict[str, Any], config: OrchestratorConfig) -> SessionStart:
+        rate = event.get("sample_rate")
+        if rate not in SUPPORTED_RATES:
+            raise InvalidInput(
+                f"sample_rate must be one of {', '.join(map(str, SUPPORTED_RATES))}, got {rate!r}"
+            )
+        model = event.get("model") or config.default_model
+        voice = event.get("voice") or (
+            config.default_voice if model == config.default_model else None
+        )
+        language = event.get("language") or config.language
+        for name, value in (("model", model), ("voice", voice), ("language", language)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidInput(f"{name} must be a string")
+        return cls(int(rate), str(model), voice, language)
+
+
+class ConversationSession:
+    def __init__(self, services: Services, output: SessionOutput, start: SessionStart) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self._s = services
+        self._out = output
+        self.start = start
+        self.frame_bytes = start.sample_rate // 50 * 2
+        self._policy = TurnPolicy(**services.config.turn.model_dump())
+        self._machine = StateMachine(self._on_state)
+        self._tasks = TaskSet(f"session-{self.id}")
+        self._audio: asyncio.Queue[bytes] = asyncio.Queue(maxsize=500)
+        self._resampler = StreamResampler(start.sample_rate, ASR_RATE)
+        self._vad = SileroVad()
+        self._preroll: deque[npt.NDArray[np.float32]] = deque(maxlen=int(_PREROLL_SECONDS * 50))
+        self._speech: list[npt.NDArray[np.float32]] = []  # the utterance being spoken
+        self._speech_started = 0.0  # monotonic
+        self._silence_since: float | None = None  # monotonic, while a turn may be ending
+        self._transcript: asyncio.Task[str] | None = None
+        self._transcript_len = 0  # samples the running transcription covers
+        self._spoken_len = 0  # samples of the utterance up to where its speech ended
+        self._history: list[Message] = []
+        self._reply: Reply | None = None
+        self._reply_task: asyncio.Task[None] | None = None
+        self._barge_started = 0.0
+        self._tts_sessions: dict[str, str] = {}
+        self.closed = asyncio.Event()
+
+    # -- inputs from the transport -----------------------------------------------------------
+
+    def feed_audio(self, pcm: bytes) -> None:
+        if len(pcm) != self.frame_bytes:
+            raise InvalidInput(
+                f"audio messages are 20 ms of 16-bit mono PCM at {self.start.sample_rate} Hz: "
+                f"{self.frame_bytes} bytes, got {len(pcm)}"
+            )
+        if self._audio.full():  # the listener fell behind by 10 s: drop the oldest
+            self._audio.get_nowait()
+        self._audio.put_nowait(pcm)
+
+    async def submit_text(self, text: str) -> None:
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInput("text must be a non-empty string")
+        if len(text) > self._s.config.max_text_chars:
+            raise InvalidInput(
+                f"text of {len(text)} characters exceeds {self._s.config.max_text_chars}"
+            )
+        await self._interrupt()
+        self._out.send_event({"type": "transcript", "text": text, "final": True})
+        self._begin_reply(text, ended_at=time.monotonic())
+
+    async def control(self, command: str) -> None:
+        reply = self._reply
+        if command == "stop":
+            await self._interrupt()
+        elif command == "pause" and reply and self._machine.state == State.SPEAKING:
+            reply.pause()
+            self._out.send_event({"type": "playback", "action": "pause"})
+        elif command == "resume" and reply:
+            reply.resume()
+            self._out.send_event({"type": "playback", "action": "resume"})
+        elif command not in ("pause", "resume"):
+            raise InvalidInput(f"unknown control command {command!r}; valid: stop, pause, resume")
+
+    # -- the session loop --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._s.metrics.sessions.inc()
+        self._s.metrics.sessions_total.inc()
+        try:
+            self._out.send_event(
+                {"type": "session.started", "session_id": self.id, "model": self.start.model}
+            )
+            self._out.send_event({"type": "state", "state": self._machine.state.value})
+            await self._listen()
+        finally:
+            await self._tasks.aclose()
+            await self._end_tts_sessions()
+            self._s.metrics.sessions.dec()
+            self.closed.set()
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(0.05):
+                    pcm = await self._audio.get()
+            except TimeoutError:
+                pcm = None  # no audio: still let timers (end of turn) run
+            if pcm is not None:
+                await self._hear(pcm)
+            await self._decide()
+
+    async def _hear(self, pcm: bytes) -> None:
+        audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+        audio16 = self._resampler.process(audio)
+        if self._speech or self._silence_since is not None:
+            self._speech.append(audio16)
+        else:
+            self._preroll.append(audio16)
+        for event in self._vad.process(audio16):
+            if event.kind is VadKind.START:
+                await self._on_speech_start()
+            else:
+                self._on_speech_end()
+
+    async def _on_speech_start(self) -> None:
+        now = time.monotonic()
+        if not self._speech:
+            self._speech = list(self._preroll)
+            self._speech_started = now
+        self._silence_since = None
+        if self._machine.state in (State.SPEAKING, State.THINKING) and self._reply is not None:
+            await self._soft_pause(now)
+
+    def _on_speech_end(self) -> None:
+        # Silence began a little before the VAD could tell (its hangover).
+        self._silence_since = time.monotonic() - 0.16
+        self._spoken_len = sum(a.size for a in self._speech)
+        self._start_transcript()
+
+    def _start_transcript(self) -> None:
+        if self._transcript is not None and not self._transcript.done():
+            return
+        audio = np.concatenate(self._speech) if self._speech else np.zeros(0, np.float32)
+        self._transcript_len = audio.size
+        self._transcript = self._tasks.spawn(self._transcribe(audio), "asr")
+
+    async def _transcribe(self, audio: npt.NDArray[np.float32]) -> str:
+        started = time.monotonic()
+        text = await self._s.asr.transcribe(audio)
+        self._s.metrics.asr.observe(time.monotonic() - started)
+        return text
+
+    async def _decide(self) -> None:
+        """Called every frame (or 50 ms): act on what the listener knows now."""
+        speaking = self._vad.speaking
+        now = time.monotonic()
+        if self._machine.state == State.BARGED_IN:
+            await self._judge_interruption(speaking, now)
+            return
+        if not self._speech:
+            return
+        if speaking:
+            # Transcribe while the user talks: partial transcripts, and a head start at the end.
+            if (
+                now - self._speech_started > 1.0
+                and (self._transcript is None or self._transcript.done())
+                and sum(a.size for a in self._speech) - self._transcript_len > ASR_RATE * 0.8
+            ):
+                self._start_transcript()
+                self._tasks.spawn(self._send_partial(self._transcript), "partial")
+            if now - self._speech_started > self._policy.max_turn_seconds:
+                self._silence_since = now
+            return
+        if self._silence_since is None:
+            return
+        task = self._transcript
+        if task is None or not task.done():
+            return
+        # A transcription that started before the speech ended misses its tail: redo it.
+        if self._transcript_len < self._spoken_len - ASR_RATE * 0.1:
+            self._start_transcript()
+            return
+        text = task.result() if not task.cancelled() and task.exception() is None else ""
+        if not words(text):
+            self._reset_utterance()  # noise: nothing was said
+            return
+        if now - self._silence_since < required_silence(text, self._policy):
+            return
+        ended_at = self._silence_since
+        self._reset_utterance()
+        self._out.send_event({"type": "transcript", "text": text, "final": True})
+        self._begin_reply(text, ended_at)
+
+    async def _send_partial(self, task: asyncio.Task[str] | None) -> None:
+        if task is None:
+            return
+        text = await task
+        if text and self._speech:
+            self._out.send_event({"type": "transcript", "text": text, "final": False})
+
+    def _reset_utterance(self) -> None:
+        self._speech = []
+        self._silence_since = None
+        self._transcript = None
+        self._transcript_len = 0
+        self._spoken_len = 0
+
+    # -- barge-in ----------------------------------------------------------------------------
+
+    async def _soft_pause(self, now: float) -> None:
+        """Speech while the bot talks: silence it now, decide later whether to resume."""
+        assert self._reply is not None
+        self._reply.pause()
+        self._barge_started = now
+        self._machine.to(State.BARGED_IN)
+        self._out.send_event({"type": "playback", "action": "pause"})
+        # The VAD fires one or two windows after the onset.
+        latency = time.monotonic() - now + 0.064
+        self._s.metrics.barge_in.observe(latency)
+        self._out.send_event({"type": "barge_in", "latency_ms": round(latency * 1000, 1)})
+
+    async def _judge_interruption(self, speaking: bool, now: float) -> None:
+        cfg = self._s.config.barge_in
+        elapsed = now - self._barge_started
+        if speaking and elapsed < cfg.confirm_after_seconds:
+            return
+        if speaking:  # long enough to be meant: take the floor
+            await self._confirm_interruption()
+            return
+        task = self._transcript
+        if task is None or not task.done():
+            if task is None:
+                self._start_transcript()
+            return
+        text = task.result() if not task.cancelled() and task.exception() is None else ""
+        duration = sum(a.size for a in self._speech) / ASR_RATE - _PREROLL_SECONDS
+        if duration < cfg.min_speech_seconds or not words(text) or is_backchannel(text):
+            await self._resume_after_false_alarm(text)
+        else:
+            await self._confirm_interruption()
+
+    async def _resume_after_false_alarm(self, text: str) -> None:
+        self._reset_utterance()
+        self._s.metrics.barge_ins.labels("resumed").inc()
+        reply = self._reply
+        if reply is None or self._reply_task is None or self._reply_task.done():
+            self._machine.to(State.LISTENING)
+            return
+        reply.resume()
+        self._machine.to(State.SPEAKING)
+        self._out.send_event({"type": "playback", "action": "resume"})
+        log.info("resumed after %r", text)
+
+    async def _confirm_interruption(self) -> None:
+        """A real interruption: stop the reply for good; the speech goes on as a new turn."""
+        self._s.metrics.barge_ins.labels("confirmed").inc()
+        await self._stop_reply()
+        self._machine.to(State.LISTENING)
+
+    async def _interrupt(self) -> None:
+        if self._reply is not None:
+            await self._stop_reply()
+        if self._machine.state != State.LISTENING:
+            self._machine.to(State.LISTENING)
+
+    async def _stop_reply(self) -> None:
+        reply, task = self._reply, self._reply_task
+        self._reply = self._reply_task = None
+        if reply is None or task is None:
+            return
+        self._out.send_event({"type": "playback", "action": "flush"})
+        await reply.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self._remember(reply, complete=False)
+
+    # -- replies -----------------------------------------------------------------------------
+
+    def _begin_reply(self, user_text: str, ended_at: float) -> None:
+        self._s.metrics.turns.inc()
+        self._machine.to(State.THINKING)
+        history = list(self._history)
+        self._history.append(Message("user", user_text))
+
+        def first_frame() -> None:
+            v2v = time.monotonic() - ended_at
+            self._s.metrics.voice_to_voice.observe(v2v)
+            if self._machine.state == State.THINKING:
+                self._machine.to(State.SPEAKING)
+            self._out.send_event({"type": "metrics", "voice_to_voice_ms": round(v2v * 1000, 1)})
+
+        reply = Reply(
+            router=self._s.router,
+            pool=self._s.pool,
+            tts_sessions=self._tts_sessions,
+            model=self.start.model,
+            voice=self.start.voice,
+            language=self.start.language,
+            lead_seconds=self._s.config.client_lead_ms / 1000,
+            send_audio=self._out.send_audio,
+            on_text=self._send_reply_text,
+            on_first_frame=first_frame,
+            tasks=self._tasks,
+        )
+        self._reply = reply
+        self._reply_task = self._tasks.spawn(self._speak(reply, history, user_text), "reply")
+
+    def _send_reply_text(self, text: str) -> None:
+        self._out.send_event({"type": "reply", "text": text})
+
+    async def _speak(self, reply: Reply, history: list[Message], user_text: str) -> None:
+        try:
+            complete = await reply.run(self._s.responder, history, user_text)
+        except DuplexError as exc:
+            await self._error(exc.code, str(exc))
+            complete = False
+        except Exception as exc:  # boundary: grpc and responder failures end this reply only
+            log.exception("reply failed")
+            await self._error("reply_failed", f"the reply failed: {exc}")
+            complete = False
+        if self._reply is not reply:
+            return  # interrupted: the interrupter took over
+        self._reply = self._reply_task = None
+        self._remember(reply, complete)
+        if self._machine.state != State.LISTENING:
+            self._machine.to(State.LISTENING)
+        self._out.send_event({"type": "reply", "text": reply.text.text, "final": True})
+
+    def _remember(self, reply: Reply, complete: bool) -> None:
+        """History keeps only what the user heard of the reply."""
+        heard = reply.heard_text(complete)
+        if heard:
+            self._history.append(Message("assistant", heard if complete else heard + " …"))
+        del self._history[: max(0, len(self._history) - 2 * _HISTORY_TURNS)]
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _on_state(self, old: State, new: State) -> None:
+        self._out.send_event({"type": "state", "state": new.value})
+
+    async def _error(self, code: str, message: str) -> None:
+        self._s.metrics.errors.labels(code).inc()
+        self._out.send_event({"type": "error", "code": code, "message": message})
+
+    async def _end_tts_sessions(self) -> None:
+        for addr, sid in self._tts_sessions.items():
+            with contextlib.suppress(Exception):  # a worker gone or slow: its reaper ends it
+                async with asyncio.timeout(3):
+                    await self._s.pool.get(addr).end_session(sid)
+        self._tts_sessions.clear()

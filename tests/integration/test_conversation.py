@@ -1,0 +1,199 @@
+"""End to end over WebSocket with real models: VAD, Whisper, responder, TTS worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+
+from duplex.bench.conversation import Conversation, conversation, speech_bounds
+from duplex.clients.talk import SEND_RATE, talk_file
+from duplex.orchestrator.config import OrchestratorConfig
+from duplex.orchestrator.server import Orchestrator
+from duplex.worker.config import WorkerConfig
+from duplex.worker.server import Worker
+
+
+@pytest.fixture(scope="module")
+async def stack() -> AsyncIterator[tuple[Worker, Orchestrator]]:
+    async with Worker(WorkerConfig(name="conv-worker", port=0, default_model="piper-joe")) as w:
+        config = OrchestratorConfig(port=0, workers=[w.address])
+        async with Orchestrator(config) as orch:
+            yield w, orch
+
+
+@pytest.fixture(scope="module")
+async def utterances(stack: tuple[Worker, Orchestrator]) -> dict[str, list[bytes]]:
+    from duplex.bench.conversation import synthesise_utterances
+
+    return await synthesise_utterances(
+        [
+            "What is your name?",
+            "Please tell me a story.",
+            "Wait, stop, I have another question.",
+            "I would like to book a table for",
+            "four people please.",
+            "Uh-huh.",
+        ],
+        "piper-joe",
+    )
+
+
+def url(stack: tuple[Worker, Orchestrator]) -> str:
+    return f"ws://127.0.0.1:{stack[1].port}/ws"
+
+
+def write_wav16(path: Path, frames: list[bytes]) -> None:
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SEND_RATE)
+        w.writeframes(b"".join(frames))
+
+
+def events(conv: Conversation, kind: str) -> list[dict[str, object]]:
+    return [e for _, e in conv.events if e["type"] == kind]
+
+
+async def test_spoken_question_gets_a_spoken_answer(
+    stack: tuple[Worker, Orchestrator],
+    utterances: dict[str, list[bytes]],
+    tmp_path: Path,
+    whisper: object,
+) -> None:
+    wav = tmp_path / "q.wav"
+    write_wav16(wav, utterances["What is your name?"])
+    result = await talk_file(url(stack), wav, timeout=30, verbose=False)
+    assert "name" in result.transcript().lower()
+    assert "duplex" in result.reply().lower()
+    states = [e["state"] for e in result.events if e["type"] == "state"]
+    assert states[:4] == ["listening", "thinking", "speaking", "listening"]
+    pcm = np.concatenate([f.samples() for f in result.frames]).astype(np.float32) / 32768
+    import soxr
+
+    segments, _ = await asyncio.to_thread(
+        whisper.transcribe,  # type: ignore[attr-defined]
+        soxr.resample(pcm, 48000, 16000),
+        language="en",
+    )
+    heard = " ".join(s.text for s in segments).lower()
+    assert "duplex" in heard or "voice" in heard, heard
+
+
+async def test_barge_in_stops_the_reply(
+    stack: tuple[Worker, Orchestrator], utterances: dict[str, list[bytes]]
+) -> None:
+    async with conversation(url(stack), "piper-joe") as conv:
+        conv.say(utterances["Please tell me a story."], {})
+        assert await conv.wait_for(lambda: len(conv.frames) > 100, 30)
+        interruption = utterances["Wait, stop, I have another question."]
+        onset: list[float] = []
+        conv.say(interruption, {speech_bounds(interruption)[0]: onset.append})
+        assert await conv.wait_for(lambda: bool(events(conv, "barge_in")), 5)
+        assert await conv.wait_for(
+            lambda: any(e.get("action") == "flush" for e in events(conv, "playback")), 10
+        )
+        await asyncio.sleep(1.0)
+        late = [t for t in conv.frames if t > onset[0] + 0.3]
+        # Frames after the onset are at most the interruption's detection time's worth.
+        assert not late, f"{len(late)} reply frames more than 300 ms after the interruption"
+        # The interruption becomes the next turn.
+        assert await conv.wait_for(
+            lambda: any(
+                "question" in str(e["text"]).lower()
+                for e in events(conv, "transcript")
+                if e.get("final")
+            ),
+            15,
+        )
+
+
+async def test_noise_burst_and_backchannel_do_not_end_the_reply(
+    stack: tuple[Worker, Orchestrator], utterances: dict[str, list[bytes]]
+) -> None:
+    rng = np.random.default_rng(0)
+    async with conversation(url(stack), "piper-joe") as conv:
+        conv.say(utterances["Please tell me a story."], {})
+        assert await conv.wait_for(lambda: len(conv.frames) > 75, 30)
+        noise = np.clip(rng.normal(0, 0.1, SEND_RATE // 5) * 32768, -32768, 32767)
+        noise_frames = [f.tobytes() for f in noise.astype("<i2").reshape(-1, SEND_RATE // 50)]
+        conv.say(noise_frames, {})
+        await asyncio.sleep(2.0)
+        conv.say(utterances["Uh-huh."], {})
+        await asyncio.sleep(3.0)
+        n = len(conv.frames)
+        assert await conv.wait_for(lambda: len(conv.frames) > n + 50, 10), "the reply stopped"
+        assert not any(e.get("action") == "flush" for e in events(conv, "playback"))
+        assert [e for e in events(conv, "state") if e["state"] == "listening"][1:] == []
+
+
+async def test_pause_after_unfinished_clause_does_not_take_the_floor(
+    stack: tuple[Worker, Orchestrator], utterances: dict[str, list[bytes]]
+) -> None:
+    async with conversation(url(stack), "piper-joe") as conv:
+        conv.say(utterances["I would like to book a table for"], {})
+        conv.say([bytes(640)] * 65, {})  # 1.3 s of thinking
+        conv.say(utterances["four people please."], {})
+        assert await conv.wait_for(
+            lambda: any(e.get("final") for e in events(conv, "transcript")), 20
+        )
+        finals = [str(e["text"]).lower() for e in events(conv, "transcript") if e.get("final")]
+        assert len(finals) == 1 and "table" in finals[0] and "people" in finals[0], finals
+
+
+async def test_typed_text_and_bad_input(stack: tuple[Worker, Orchestrator]) -> None:
+    async with aiohttp.ClientSession() as http, http.ws_connect(url(stack)) as ws:
+
+        async def next_event(kind: str) -> dict[str, object]:
+            async with asyncio.timeout(20):
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        event = json.loads(msg.data)
+                        if event["type"] == kind:
+                            return event  # type: ignore[no-any-return]
+            raise AssertionError("socket closed")
+
+        await ws.send_bytes(bytes(640))
+        assert "session.start" in str((await next_event("error"))["message"])
+        await ws.send_str("{not json")
+        assert (await next_event("error"))["code"] == "invalid_argument"
+        await ws.send_str(json.dumps({"type": "session.start", "sample_rate": 12345}))
+        assert "sample_rate" in str((await next_event("error"))["message"])
+        await ws.send_str(json.dumps({"type": "session.start", "sample_rate": 16000}))
+        await next_event("session.started")
+        await ws.send_bytes(bytes(100))
+        assert "640 bytes" in str((await next_event("error"))["message"])
+        await ws.send_str(json.dumps({"type": "text", "text": "x" * (1 << 20)}))
+        assert "exceeds" in str((await next_event("error"))["message"])
+        await ws.send_str(json.dumps({"type": "warp"}))
+        assert "unknown message type" in str((await next_event("error"))["message"])
+        await ws.send_str(json.dumps({"type": "text", "text": "What is your name?"}))
+        while True:
+            event = await next_event("reply")
+            if event.get("final"):
+                break
+        assert "duplex" in str(event["text"]).lower()
+
+
+async def test_client_vanishing_mid_reply_leaves_others_working(
+    stack: tuple[Worker, Orchestrator], utterances: dict[str, list[bytes]], tmp_path: Path
+) -> None:
+    async with conversation(url(stack), "piper-joe") as conv:
+        conv.say(utterances["Please tell me a story."], {})
+        assert await conv.wait_for(lambda: len(conv.frames) > 20, 30)
+    # That client is gone mid-reply; a new one is served normally.
+    wav = tmp_path / "q.wav"
+    write_wav16(wav, utterances["What is your name?"])
+    result = await talk_file(url(stack), wav, timeout=30, verbose=False)
+    assert "duplex" in result.reply().lower()
+    # Both conversations ended: their TTS sessions on the worker are released.
+    async with asyncio.timeout(5):
+        while stack[0].servicer.sessions:
+            await asyncio.sleep(0.05)
