@@ -187,7 +187,15 @@ class ConversationSession:
             if event.kind is VadKind.START:
                 await self._on_speech_start()
             else:
-                self._on_speech_end()
+                self._on_speech_end(hangover=self._vad.now - event.at)
+        if (
+            self._vad.pausing
+            and self._speech
+            and (self._transcript is None or self._transcript.done())
+        ):
+            # Speculative: transcribe as soon as the voice drops, before the VAD is sure the
+            # speech has ended; if it has, the transcript is ready when the decision is due.
+            self._start_transcript()
 
     async def _on_speech_start(self) -> None:
         now = time.monotonic()
@@ -198,10 +206,10 @@ class ConversationSession:
         if self._machine.state in (State.SPEAKING, State.THINKING) and self._reply is not None:
             await self._soft_pause(now)
 
-    def _on_speech_end(self) -> None:
+    def _on_speech_end(self, hangover: float) -> None:
         # Silence began a little before the VAD could tell (its hangover).
-        self._silence_since = time.monotonic() - 0.16
-        self._spoken_len = sum(a.size for a in self._speech)
+        self._silence_since = time.monotonic() - hangover
+        self._spoken_len = sum(a.size for a in self._speech) - int(hangover * ASR_RATE)
         self._start_transcript()
 
     def _start_transcript(self) -> None:
@@ -228,10 +236,11 @@ class ConversationSession:
             return
         if speaking:
             # Transcribe while the user talks: partial transcripts, and a head start at the end.
+            # Not too often: a partial still running when the speech ends delays the answer.
             if (
-                now - self._speech_started > 1.0
+                now - self._speech_started > 1.5
                 and (self._transcript is None or self._transcript.done())
-                and sum(a.size for a in self._speech) - self._transcript_len > ASR_RATE * 0.8
+                and sum(a.size for a in self._speech) - self._transcript_len > ASR_RATE * 1.2
             ):
                 self._start_transcript()
                 self._tasks.spawn(self._send_partial(self._transcript), "partial")

@@ -89,6 +89,11 @@ class SileroVad:
         return VadEvent(kind, self._run_start * WINDOW / VAD_RATE)
 
     @property
+    def pausing(self) -> bool:
+        """Speech may be ending: the latest windows are quiet, but not yet for long enough."""
+        return self.speaking and self._run > 0
+
+    @property
     def now(self) -> float:
         """Input stream time processed so far, in seconds."""
         return self._windows * WINDOW / VAD_RATE

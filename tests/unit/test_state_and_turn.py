@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+
+from duplex.orchestrator.state import InvalidTransition, State, StateMachine
+from duplex.orchestrator.turn import TurnPolicy, completeness, is_backchannel, required_silence
+
+
+def test_transitions_are_events_and_invalid_ones_raise() -> None:
+    seen: list[tuple[State, State]] = []
+    m = StateMachine(lambda old, new: seen.append((old, new)))
+    m.to(State.THINKING)
+    m.to(State.SPEAKING)
+    m.to(State.BARGED_IN)
+    m.to(State.SPEAKING)  # false alarm: resume
+    m.to(State.BARGED_IN)
+    m.to(State.LISTENING)  # real interruption
+    assert [n for _, n in seen] == [
+        State.THINKING,
+        State.SPEAKING,
+        State.BARGED_IN,
+        State.SPEAKING,
+        State.BARGED_IN,
+        State.LISTENING,
+    ]
+    with pytest.raises(InvalidTransition, match="listening → speaking"):
+        m.to(State.SPEAKING)
+    m.to(State.LISTENING)  # staying put is not a transition
+    assert len(seen) == 6
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("What time is it?", 0.25),
+        ("Tell me a story.", 0.25),
+        ("I'd like to book a table for", 2.2),
+        ("I was thinking about, um", 2.2),
+        ("and then we went to the", 2.2),
+        ("So anyway...", 2.2),
+        ("hello", 0.7),
+    ],
+)
+def test_required_silence_follows_the_words(text: str, expected: float) -> None:
+    assert required_silence(text, TurnPolicy()) == expected
+
+
+def test_completeness_orders_finished_above_unfinished() -> None:
+    assert completeness("How are you") > completeness("How are you and")
+    assert completeness("") == 0.0
+
+
+@pytest.mark.parametrize("text", ["Uh-huh.", "yeah", "Mm-hmm", "okay, right", "I see."])
+def test_backchannels(text: str) -> None:
+    assert is_backchannel(text)
+
+
+@pytest.mark.parametrize("text", ["Stop talking", "Yeah but what about the price?", ""])
+def test_not_backchannels(text: str) -> None:
+    assert not is_backchannel(text)
