@@ -197,3 +197,57 @@ async def test_client_vanishing_mid_reply_leaves_others_working(
     async with asyncio.timeout(5):
         while stack[0].servicer.sessions:
             await asyncio.sleep(0.05)
+
+
+async def test_http_endpoints(stack: tuple[Worker, Orchestrator]) -> None:
+    base = f"http://127.0.0.1:{stack[1].port}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/healthz") as r:
+            assert r.status == 200 and (await r.json())["ok"]
+        async with http.get(f"{base}/api/models") as r:
+            models = {m["model_id"]: m for m in (await r.json())["models"]}
+            assert models["piper-joe"]["resident"] and "jf_alpha" in models["kokoro-ja"]["voices"]
+        async with http.get(f"{base}/metrics") as r:
+            body = await r.text()
+            for name in (
+                "duplex_voice_to_voice_seconds",
+                "duplex_asr_seconds",
+                "duplex_barge_in_seconds",
+                "duplex_barge_ins_total",
+                "duplex_sessions",
+            ):
+                assert name in body, name
+        async with http.get(f"{base}/") as r:
+            assert r.status == 200 and "duplex" in await r.text()
+        async with http.get(f"{base}/static/app.js") as r:
+            assert r.status == 200
+
+
+async def test_talk_command_writes_the_reply(
+    stack: tuple[Worker, Orchestrator], utterances: dict[str, list[bytes]], tmp_path: Path
+) -> None:
+    import sys
+    import wave
+
+    question, answer = tmp_path / "q.wav", tmp_path / "a.wav"
+    write_wav16(question, utterances["What is your name?"])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "duplex.cli",
+        "talk",
+        "--url",
+        url(stack),
+        "--input",
+        str(question),
+        "--output",
+        str(answer),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert "you: What is your name?" in text and "bot: I'm duplex" in text
+    with wave.open(str(answer)) as w:
+        assert w.getframerate() == 48000 and w.getnframes() > 48000

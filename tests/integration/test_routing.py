@@ -31,7 +31,7 @@ async def test_redis_discovery_prefers_resident_and_falls_back_while_loading(
     redis_server: RedisServer,
 ) -> None:
     async with (
-        Worker(worker_config("route-a", "tone", redis_server.url)) as a,
+        Worker(worker_config("route-a", "tone", redis_server.url)),
         Worker(worker_config("route-b", "pico-en", redis_server.url)) as b,
     ):
         pool = ClientPool()
