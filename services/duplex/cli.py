@@ -261,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if opts.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # faster-whisper logs every utterance at INFO: too chatty for a live conversation.
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
     try:
         code: int = opts.func(opts)
     except DuplexError as exc:
