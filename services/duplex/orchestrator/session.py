@@ -253,7 +253,7 @@ class ConversationSession:
         if task is None or not task.done():
             return
         # A transcription that started before the speech ended misses its tail: redo it.
-        if self._transcript_len < self._spoken_len - ASR_RATE * 0.1:
+        if self._transcript_len < self._spoken_len - ASR_RATE * 0.05:
             self._start_transcript()
             return
         text = task.result() if not task.cancelled() and task.exception() is None else ""
