@@ -33,6 +33,7 @@ def test_transitions_are_events_and_invalid_ones_raise() -> None:
     ("text", "expected"),
     [
         ("What time is it?", 0.25),
+        ("What can you do?", 0.25),
         ("Tell me a story.", 0.25),
         ("I'd like to book a table for", 2.2),
         ("I was thinking about, um", 2.2),

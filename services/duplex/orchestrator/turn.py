@@ -56,9 +56,13 @@ def completeness(text: str) -> float:
     stripped = text.rstrip()
     if stripped.endswith(("...", "…", ",", "-", "—")):
         return 0.1
+    # Whisper's question mark is reliable ("What can you do?" ends on an auxiliary, yet ends);
+    # its full stop is not: it puts one after "a table for" too.
+    if stripped.endswith("?"):
+        return 1.0
     if ws[-1] in _CONTINUATIONS:
         return 0.1
-    if stripped.endswith("?") or (ws[0] in _QUESTION_START and len(ws) >= 3):
+    if ws[0] in _QUESTION_START and len(ws) >= 3:
         return 1.0
     if stripped.endswith((".", "!")):
         return 0.9 if len(ws) >= 2 else 0.6
