@@ -37,8 +37,3 @@ class PcmFrame:
 
     def samples(self) -> npt.NDArray[np.int16]:
         return np.frombuffer(self.data, dtype="<i2")
-
-    def rms_dbfs(self) -> float:
-        x = self.samples().astype(np.float64) / 32768.0
-        rms = float(np.sqrt(np.mean(x * x)))
-        return float(20.0 * np.log10(max(rms, 1e-10)))

@@ -57,7 +57,6 @@ class SileroVad:
         self.speaking = False
         self._run = 0  # consecutive windows on the other side of the current state
         self._run_start = 0
-        self.last_probability = 0.0
 
     def process(self, audio: npt.NDArray[np.float32]) -> list[VadEvent]:
         buf = np.concatenate([self._pending, audio]) if self._pending.size else audio
@@ -66,7 +65,6 @@ class SileroVad:
         events = []
         for i in range(n):
             p = float(self._model.process(np.ascontiguousarray(buf[i * WINDOW : (i + 1) * WINDOW])))
-            self.last_probability = p
             if event := self._step(p):
                 events.append(event)
             self._windows += 1

@@ -58,8 +58,6 @@ class TtsAdapter(ABC):
 
     family: ClassVar[str]
     thread_safe: ClassVar[bool] = False
-    # Families whose `synthesize` yields several chunks for one text stream sub-sentence audio.
-    streams_within_unit: ClassVar[bool] = False
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec

@@ -19,7 +19,6 @@ _GAP_SECONDS = 0.05
 class ToneAdapter(TtsAdapter):
     family = "tone"
     thread_safe = True
-    streams_within_unit = True
 
     @property
     def native_rate(self) -> int:
