@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -12,6 +14,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
+from duplex_operator.devcluster import KubeApiServer, KubeControlPlane, locate_binaries
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("KOKORO_JA_CACHE", str(Path.home() / ".cache" / "duplex" / "kokoro"))
@@ -112,3 +116,34 @@ async def worker() -> AsyncIterator[object]:
         for model_id in config.preload:
             await w.manager.load(model_id)
         yield w
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The first build of kube-apiserver takes tens of minutes: it happens here, before any
+    # test's timeout runs, and shows its progress. Should it fail, the kube_apiserver
+    # fixture tries again and fails those tests with the build's error.
+    if config.option.collectonly or not any(
+        "kube_apiserver" in getattr(item, "fixturenames", ()) for item in items
+    ):
+        return
+    capture = config.pluginmanager.getplugin("capturemanager")
+    shown = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+    with shown, contextlib.suppress(RuntimeError):
+        locate_binaries()
+
+
+@pytest.fixture(scope="session")
+def kube_apiserver() -> Iterator[KubeApiServer]:
+    """etcd and kube-apiserver on loopback with the project's CRDs; no kubelet, no controllers."""
+    with KubeControlPlane() as api:
+        yield api
+
+
+@pytest.fixture
+def kube_namespace(kube_apiserver: KubeApiServer) -> Iterator[str]:
+    """A fresh namespace. Without a namespace controller its deletion stops at Terminating."""
+    name = f"t-{secrets.token_hex(3)}"
+    created = kube_apiserver.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+    assert created.status == 201, created.text
+    yield name
+    kube_apiserver.request("DELETE", f"/api/v1/namespaces/{name}")

@@ -14,6 +14,8 @@ import grpc
 
 from duplex.errors import DuplexError
 
+DEFAULT_BENCH_MODELS = "pico-en,pico-de,pico-fr,pico-es,pico-it"
+
 
 def _split(values: Sequence[str] | None) -> list[str] | None:
     if not values:
@@ -35,9 +37,13 @@ def _worker_config(opts: argparse.Namespace) -> object:
             "preload": _split(opts.preload),
             "redis": opts.redis,
             "metrics_port": opts.metrics_port,
-            "name": opts.name,
+            "name": opts.name or opts.pod_name,
             "advertise": opts.advertise,
             "test_models": True if opts.test_models else None,
+            "kube": True if opts.kube else None,
+            "pod_name": opts.pod_name,
+            "pod_namespace": opts.pod_namespace,
+            "kubeconfig": opts.kubeconfig,
         },
     )
 
@@ -163,6 +169,33 @@ def cmd_talk(opts: argparse.Namespace) -> int:
     return run(opts.url, opts.input, opts.output, opts.model, opts.voice, opts.timeout)
 
 
+def cmd_operator(opts: argparse.Namespace) -> int:
+    try:
+        from duplex_operator.config import OperatorConfig
+        from duplex_operator.main import run
+    except ImportError as exc:
+        raise DuplexError(
+            f"the operator needs kopf: pip install 'duplex-voice[operator]' ({exc})"
+        ) from exc
+
+    from duplex.config import load_config
+
+    config = load_config(
+        OperatorConfig,
+        opts.config,
+        overrides={"namespace": opts.namespace, "redis": opts.redis},
+        prefix="DUPLEX_OPERATOR_",
+    )
+    asyncio.run(run(config, opts.kubeconfig))
+    return 0
+
+
+def cmd_bench_operator(opts: argparse.Namespace) -> int:
+    from duplex.bench.operator import run_operator_bench
+
+    return asyncio.run(run_operator_bench(opts))
+
+
 def cmd_bench_conversation(opts: argparse.Namespace) -> int:
     from duplex.bench.conversation import run_conversation_bench
 
@@ -191,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--name", help="worker name in discovery (default: hostname)")
     worker.add_argument("--advertise", help="host:port others use to reach this worker")
     worker.add_argument("--test-models", action="store_true", help="add the tone test models")
+    worker.add_argument(
+        "--kube",
+        action="store_true",
+        help="Kubernetes mode: load the models named by this Pod's duplex.dev/model-set",
+    )
+    worker.add_argument("--pod-name", help="this worker's Pod (default $POD_NAME)")
+    worker.add_argument("--pod-namespace", help="its namespace (default $POD_NAMESPACE)")
+    worker.add_argument("--kubeconfig", help="API server credentials (default: in-cluster)")
     worker.set_defaults(func=cmd_worker)
 
     say = sub.add_parser("say", help="synthesise TEXT into a WAV file")
@@ -234,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     talk.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a reply")
     talk.set_defaults(func=cmd_talk)
 
+    op = sub.add_parser("operator", help="the Kubernetes operator (TTSModel, VoiceSession)")
+    op.add_argument("--config", type=Path, help="YAML config file (namespace, redis, pools)")
+    op.add_argument("--namespace", help="namespace to manage (default: default)")
+    op.add_argument("--redis", help="Redis URL the workers register in")
+    op.add_argument("--kubeconfig", type=Path, help="API server credentials (default: in-cluster)")
+    op.set_defaults(func=cmd_operator)
+
     bench = sub.add_parser("bench", help="measure latency and timing").add_subparsers(
         dest="bench", required=True
     )
@@ -246,6 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     bw.add_argument("--sessions", default="1,3,10", help="concurrency levels for jitter")
     bw.add_argument("--json", type=Path, help="also write the results as JSON")
     bw.set_defaults(func=cmd_bench_worker)
+    bo = bench.add_parser("operator", help="time from applying a TTSModel to resident")
+    bo.add_argument("--kubeconfig", type=Path, help="bench this cluster (default: a local one)")
+    bo.add_argument("--namespace", help="namespace the operator manages there")
+    bo.add_argument("--redis", help="Redis URL the cluster's workers register in")
+    bo.add_argument("--models", default=DEFAULT_BENCH_MODELS, help="CPU model ids to apply in turn")
+    bo.add_argument("--runs", type=int, default=10, help="applies on an existing worker")
+    bo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait per step")
+    bo.add_argument("--json", type=Path, help="also write the results as JSON")
+    bo.set_defaults(func=cmd_bench_operator)
     bc = bench.add_parser("conversation", help="voice-to-voice, barge-in and false barge-in")
     bc.add_argument("--url", help="bench a running orchestrator (ws://host:port/ws)")
     bc.add_argument("--model", default="piper-joe", help="TTS model for the bot's replies")

@@ -29,6 +29,8 @@ class WorkerRecord:
     loading_models: list[str] = field(default_factory=list)
     model_last_used: dict[str, float] = field(default_factory=dict)
     model_errors: dict[str, str] = field(default_factory=dict)
+    # Kubernetes mode: the model set the worker last applied (None when it follows none).
+    model_set: list[str] | None = None
     active_sessions: int = 0
     max_sessions: int = 0
     queue_depth: int = 0

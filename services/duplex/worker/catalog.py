@@ -71,7 +71,7 @@ TEST_MODELS: tuple[ModelSpec, ...] = (
 
 
 class Catalog:
-    """An immutable map of model id → `ModelSpec`."""
+    """A map of model id → `ModelSpec`; entries are added by config or by the model set."""
 
     def __init__(self, specs: Iterable[ModelSpec]) -> None:
         self._specs: dict[str, ModelSpec] = {}
@@ -84,6 +84,12 @@ class Catalog:
     def default(cls, extra: Iterable[ModelSpec] = (), *, test_models: bool = False) -> Catalog:
         """Built-in models, then the configured ones (which may override a built-in id)."""
         return cls([*BUILTIN_MODELS, *(TEST_MODELS if test_models else ()), *extra])
+
+    def define(self, spec: ModelSpec) -> None:
+        """Add or replace an entry (a resident copy keeps its old spec until reloaded)."""
+        if spec.family not in FAMILIES:
+            adapter_for(spec)  # raises UnknownFamily with the valid names
+        self._specs[spec.model_id] = spec
 
     def get(self, model_id: str) -> ModelSpec:
         try:

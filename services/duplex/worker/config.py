@@ -78,9 +78,12 @@ class WorkerConfig(ManagerConfig):
     heartbeat_seconds: float = Field(1.0, gt=0)
     metrics_port: int | None = Field(None, ge=0, le=65535)
     labels: dict[str, str] = {}
-    # Kubernetes mode: follow this Pod's duplex.dev/model-set annotation.
+    # Kubernetes mode: load exactly what this Pod's duplex.dev/model-set annotation names.
+    kube: bool = False
     pod_name: str | None = None
-    pod_namespace: str = "default"
+    pod_namespace: str | None = None
+    # Credentials for the API server: in-cluster when unset inside a Pod.
+    kubeconfig: str | None = None
 
     def address(self) -> str:
         return self.advertise or f"{self.host}:{self.port}"

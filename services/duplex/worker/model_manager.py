@@ -100,14 +100,22 @@ class ModelManager:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Load the default model (and preloads) and start the eviction timer."""
-        self.catalog.get(self.config.default_model)
-        for model_id in self.config.preload:
-            self.catalog.get(model_id)
-        await self.load(self.config.default_model)
-        for model_id in self.config.preload:
-            self._tasks.spawn(self._preload(model_id), f"preload:{model_id}")
+    async def start(self, *, follow_model_set: bool = False) -> None:
+        """Load the default model (and preloads) and start the eviction timer.
+
+        With `follow_model_set` nothing is loaded: an outside owner (the Pod's model set)
+        decides, through `reconcile`, and until it does the desired set is empty.
+        """
+        if follow_model_set:
+            self._desired = set()
+            self._pinned = set()
+        else:
+            self.catalog.get(self.config.default_model)
+            for model_id in self.config.preload:
+                self.catalog.get(model_id)
+            await self.load(self.config.default_model)
+            for model_id in self.config.preload:
+                self._tasks.spawn(self._preload(model_id), f"preload:{model_id}")
         self._tasks.spawn(self._evict_loop(), "evict")
 
     async def aclose(self) -> None:
@@ -303,6 +311,10 @@ class ModelManager:
         skipped (and reported by `last_error`) so one bad id does not block the rest.
         """
         wanted = set(desired)
+        # Errors of an earlier attempt would read as this attempt's result until it ends.
+        for model_id in list(self.last_error):
+            if model_id in wanted or (self._desired is not None and model_id in self._desired):
+                del self.last_error[model_id]
         self._desired = wanted
         self._pinned = set(wanted)
         for model in list(self._resident.values()):

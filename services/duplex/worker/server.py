@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -13,10 +15,13 @@ from grpc_health.v1._async import HealthServicer
 
 from duplex import __version__
 from duplex.discovery import WorkerRecord
+from duplex.errors import InvalidInput
+from duplex.kube import KubeClient
 from duplex.worker.catalog import Catalog
 from duplex.worker.config import WorkerConfig
 from duplex.worker.metrics import MetricsServer, WorkerMetrics
 from duplex.worker.model_manager import ModelManager
+from duplex.worker.podwatch import PodModelSet
 from duplex.worker.registration import RedisRegistration
 from duplex.worker.service import TtsServicer, add_to_server
 
@@ -36,6 +41,8 @@ class Worker:
         self._health = HealthServicer()
         self._registration: RedisRegistration | None = None
         self._metrics_server: MetricsServer | None = None
+        self._kube: KubeClient | None = None
+        self.model_set: PodModelSet | None = None
         self.port = config.port
         self.started_at = time.time()
 
@@ -44,7 +51,9 @@ class Worker:
         return self.config.advertise or f"{self.config.host}:{self.port}"
 
     async def start(self) -> None:
-        await self.manager.start()
+        await self.manager.start(follow_model_set=self.config.kube)
+        if self.config.kube:
+            await self._follow_pod()
         self.servicer.start()
         server = grpc.aio.server(
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20)]
@@ -71,6 +80,18 @@ class Worker:
             self.servicer.on_sessions_changed = self._registration.changed
         log.info("worker %s serving on %s", self.config.name, self.address)
 
+    async def _follow_pod(self) -> None:
+        pod = self.config.pod_name or os.environ.get("POD_NAME")
+        if not pod:
+            raise InvalidInput("Kubernetes mode needs the Pod name (--pod-name or POD_NAME)")
+        kubeconfig = Path(self.config.kubeconfig) if self.config.kubeconfig else None
+        self._kube = KubeClient.load(kubeconfig)
+        namespace = (
+            self.config.pod_namespace or os.environ.get("POD_NAMESPACE") or self._kube.namespace
+        )
+        self.model_set = PodModelSet(self._kube, namespace, pod, self.manager)
+        await self.model_set.start()
+
     @property
     def metrics_port(self) -> int | None:
         return self._metrics_server.port if self._metrics_server else None
@@ -94,6 +115,7 @@ class Worker:
             loading_models=self.manager.loading_ids(),
             model_last_used=self.manager.last_used(),
             model_errors=dict(self.manager.last_error),
+            model_set=self.model_set.applied_ids if self.model_set is not None else None,
             active_sessions=len(self.servicer.sessions),
             max_sessions=self.config.max_sessions,
             queue_depth=self.servicer.queue_depth(),
@@ -110,6 +132,10 @@ class Worker:
         if self._server is not None:
             await self._server.stop(grace)
         await self.servicer.aclose()
+        if self.model_set is not None:
+            await self.model_set.aclose()
+        if self._kube is not None:
+            await self._kube.aclose()
         await self.manager.aclose()
         if self._metrics_server is not None:
             self._metrics_server.close()

@@ -1,0 +1,73 @@
+"""Settings of the operator: which namespace it manages and the worker pools it may create.
+
+Loaded like every duplex config (YAML file < `DUPLEX_OPERATOR_<FIELD>` env < flags). The Helm
+chart renders the pools from its values into the file the operator reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+class WorkerPool(BaseModel):
+    """A kind of worker Pod the operator may create, e.g. CPU workers or one-GPU workers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?$")
+    # GPU pools request one nvidia.com/gpu per Pod and only host models with resources.gpu.
+    gpu: bool = False
+    min_pods: int = Field(0, ge=0)
+    max_pods: int = Field(1, ge=0)
+    # Model memory one Pod may hold, for bin-packing model sets (sum of TTSModel memoryMiB).
+    memory_mib: int = Field(2048, ge=1)
+    max_sessions: int = Field(16, ge=1)
+    image: str = "duplex:latest"
+    image_pull_policy: str = "IfNotPresent"
+    port: int = Field(50051, ge=1, le=65535)
+    metrics_port: int = Field(9100, ge=1, le=65535)
+    # Passed through to the Pod spec as Kubernetes objects (ResourceRequirements etc.).
+    resources: dict[str, Any] = {}
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict[str, Any]] = []
+    service_account_name: str | None = None
+    env: list[dict[str, Any]] = []
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    # Extra arguments for `duplex worker` (e.g. ["--test-models"]).
+    args: list[str] = []
+
+    @model_validator(mode="after")
+    def _sizes(self) -> WorkerPool:
+        if self.min_pods > self.max_pods:
+            raise ValueError(f"pool {self.name}: min_pods > max_pods")
+        return self
+
+
+class OperatorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # The namespace whose TTSModels, VoiceSessions and worker Pods are managed.
+    namespace: str = "default"
+    # Where workers register (ARCHITECTURE §4); residency and last use come from there.
+    redis: str = "redis://127.0.0.1:6379/0"
+    # Worker Pods are named <worker_prefix>-<pool>-<n>.
+    worker_prefix: str = Field("duplex-worker", pattern=r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+    pools: list[WorkerPool] = [WorkerPool(name="cpu", min_pods=0, max_pods=2)]
+    # A full reconcile pass runs at least this often, besides on every watch event.
+    resync_seconds: float = Field(2.0, gt=0)
+    # Passed to every worker as --redis; defaults to `redis`.
+    worker_redis: str | None = None
+    # Serve kopf's liveness probe here (e.g. http://0.0.0.0:8081/healthz); None disables it.
+    liveness_endpoint: str | None = None
+
+    @model_validator(mode="after")
+    def _unique_pools(self) -> OperatorConfig:
+        names = [p.name for p in self.pools]
+        if len(names) != len(set(names)):
+            raise ValueError(f"pool names must be unique: {names}")
+        return self

@@ -1,0 +1,584 @@
+"""One reconcile pass as a pure function: the observed world in, the changes to make out.
+
+Level-triggered: every pass starts from what the API server and Redis say now, so the result is
+the same whether the operator ran all along or was restarted a moment ago. What must survive a
+restart lives in the cluster: model sets and the time each model entered a set in Pod
+annotations, session bindings and load failures in the resources' status. The only in-memory
+state is when a session was last seen bound to a worker, and after a restart that starts at the
+restart time, which can delay an eviction by one TTL but never make it early.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from duplex.discovery import WorkerRecord
+from duplex_operator.config import OperatorConfig, WorkerPool
+from duplex_operator.pods import model_set_metadata, worker_pod
+from duplex_operator.resources import (
+    MODEL_ADDED,
+    MODEL_SET,
+    MODEL_SPECS,
+    TtsModel,
+    VoiceSession,
+    WorkerPod,
+    format_time,
+    parse_time,
+)
+
+# An empty worker Pod above its pool's minimum is removed after this long without models.
+EMPTY_POD_GRACE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # TTSModel, VoiceSession or Pod
+    name: str
+    uid: str
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class World:
+    models: list[TtsModel]
+    sessions: list[VoiceSession]
+    pods: list[WorkerPod]
+    records: dict[str, WorkerRecord]
+    now: float
+
+
+@dataclass
+class Plan:
+    create_pods: list[dict[str, Any]] = field(default_factory=list)
+    delete_pods: list[str] = field(default_factory=list)
+    patch_pods: dict[str, dict[str, Any]] = field(default_factory=dict)  # merge patches
+    model_status: dict[str, dict[str, Any]] = field(default_factory=dict)  # changed only
+    session_status: dict[str, dict[str, Any]] = field(default_factory=dict)  # changed only
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.create_pods
+            or self.delete_pods
+            or self.patch_pods
+            or self.model_status
+            or self.session_status
+        )
+
+
+def condition(
+    old: dict[str, Any],
+    kind: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    now: float,
+) -> dict[str, Any]:
+    """A metav1.Condition; lastTransitionTime moves only when the status flips."""
+    value = "True" if status else "False"
+    previous = next((c for c in old.get("conditions") or [] if c.get("type") == kind), None)
+    since = (
+        previous["lastTransitionTime"]
+        if previous is not None and previous.get("status") == value
+        else format_time(now)
+    )
+    return {
+        "type": kind,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": since,
+    }
+
+
+def _cond_status(status: dict[str, Any], kind: str) -> str | None:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == kind:
+            return str(cond.get("status"))
+    return None
+
+
+class Planner:
+    def __init__(self, config: OperatorConfig, started_at: float) -> None:
+        self.config = config
+        self.pools = {p.name: p for p in config.pools}
+        self.started_at = started_at
+        # (pod, model id) -> last time a live VoiceSession was bound there.
+        self.last_bound: dict[tuple[str, str], float] = {}
+
+    def plan(self, world: World) -> Plan:
+        return _Pass(self, world).run()
+
+
+class _Pass:
+    """The working state of one pass (kept apart so the planner itself stays small)."""
+
+    def __init__(self, planner: Planner, world: World) -> None:
+        self.p = planner
+        self.cfg = planner.config
+        self.world = world
+        self.now = world.now
+        self.plan = Plan()
+        self.records = world.records
+        self.by_id: dict[str, TtsModel] = {}
+        self.duplicates: dict[str, str] = {}  # TTSModel name -> the one that owns its modelId
+        for model in sorted(world.models, key=lambda m: (m.created, m.name)):
+            if model.model_id in self.by_id:
+                self.duplicates[model.name] = self.by_id[model.model_id].name
+            else:
+                self.by_id[model.model_id] = model
+        self.pods = {p.name: p for p in world.pods if not p.deleting}
+        self.all_names = {p.name for p in world.pods}
+        self.sets = {n: list(p.model_set) for n, p in self.pods.items()}
+        self.added = {n: dict(p.added) for n, p in self.pods.items()}
+        self.new_pods: dict[str, WorkerPool] = {}
+        self.failed: dict[str, str] = {}
+        for model in self.by_id.values():
+            message = model.load_failed()
+            if message is not None:
+                self.failed[model.model_id] = message
+        self.unplaceable: dict[str, tuple[str, str]] = {}  # model id -> (reason, message)
+        self.bound: dict[tuple[str, str], int] = defaultdict(int)
+        self.wanted_by: dict[str, list[VoiceSession]] = defaultdict(list)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def event(self, kind: str, name: str, uid: str, reason: str, message: str) -> None:
+        kind_type = "Warning" if reason in {"LoadFailed", "NoCapacity", "WorkerLost"} else "Normal"
+        self.plan.events.append(Event(kind, name, uid, kind_type, reason, message))
+
+    def model_event(self, model: TtsModel, reason: str, message: str) -> None:
+        self.event("TTSModel", model.name, model.uid, reason, message)
+
+    def pool_of(self, name: str) -> WorkerPool | None:
+        if name in self.new_pods:
+            return self.new_pods[name]
+        pod = self.pods.get(name)
+        return self.p.pools.get(pod.pool) if pod else None
+
+    def holders(self, model_id: str) -> list[str]:
+        return sorted(n for n, s in self.sets.items() if model_id in s)
+
+    def used_mib(self, name: str) -> int:
+        return sum(self.by_id[m].memory_mib for m in self.sets[name] if m in self.by_id)
+
+    def resident(self, name: str, model_id: str) -> bool:
+        record = self.records.get(name)
+        return record is not None and model_id in record.resident_models
+
+    def need(self, model: TtsModel) -> int:
+        if model.model_id in self.failed:
+            return 0
+        return max(model.min_resident, 1 if self.wanted_by.get(model.model_id) else 0)
+
+    # -- the pass ----------------------------------------------------------------------------
+
+    def run(self) -> Plan:
+        self.collect_load_failures()
+        live = self.settle_sessions()
+        self.place()
+        self.ensure_min_pods()
+        self.bind(live)
+        self.evict()
+        self.scale_down()
+        self.emit_pod_changes()
+        self.model_statuses()
+        for key in [k for k in self.p.last_bound if k[0] not in self.sets]:
+            del self.p.last_bound[key]
+        return self.plan
+
+    def collect_load_failures(self) -> None:
+        for name, record in self.records.items():
+            if name not in self.sets or record.model_set is None:
+                continue
+            for model_id in list(self.sets[name]):
+                error = record.model_errors.get(model_id)
+                if (
+                    not error
+                    or model_id not in record.model_set
+                    or model_id in record.resident_models
+                    or model_id in record.loading_models
+                ):
+                    continue
+                self.sets[name].remove(model_id)
+                model = self.by_id.get(model_id)
+                if model is not None and model_id not in self.failed:
+                    self.failed[model_id] = f"worker {name}: {error}"
+                    self.model_event(model, "LoadFailed", self.failed[model_id])
+
+    def settle_sessions(self) -> list[VoiceSession]:
+        live = []
+        for session in self.world.sessions:
+            if session.final:
+                continue
+            started = parse_time(session.status.get("startedTime")) or session.created
+            if self.now - started >= session.max_duration_seconds:
+                self.finish(
+                    session,
+                    "Ended",
+                    "MaxDuration",
+                    f"ended after maxDurationSeconds={session.max_duration_seconds}",
+                )
+                continue
+            model = self.by_id.get(session.model_id)
+            if model is None:
+                self.set_session(
+                    session,
+                    phase="Pending",
+                    worker=None,
+                    conditions=[
+                        condition(
+                            session.status,
+                            "Bound",
+                            False,
+                            "UnknownModel",
+                            f"no TTSModel has modelId {session.model_id!r}",
+                            session.generation,
+                            self.now,
+                        )
+                    ],
+                )
+                continue
+            if session.model_id in self.failed:
+                self.finish(
+                    session,
+                    "Failed",
+                    "LoadFailed",
+                    f"model {session.model_id} cannot be loaded: {self.failed[session.model_id]}",
+                )
+                continue
+            live.append(session)
+            self.wanted_by[session.model_id].append(session)
+        return live
+
+    def place(self) -> None:
+        for model in sorted(self.by_id.values(), key=lambda m: (m.created, m.name)):
+            need = self.need(model)
+            have = self.holders(model.model_id)
+            while len(have) < need:
+                target = self.best_fit(model) or self.new_pod_for(model)
+                if target is None:
+                    break
+                self.sets[target].append(model.model_id)
+                self.added[target][model.model_id] = self.now
+                have.append(target)
+                self.model_event(model, "Placed", f"placed on worker {target}")
+
+    def best_fit(self, model: TtsModel) -> str | None:
+        candidates = []
+        for name, models in self.sets.items():
+            pool = self.pool_of(name)
+            if pool is None or pool.gpu != model.gpu or model.model_id in models:
+                continue
+            free = pool.memory_mib - self.used_mib(name) - model.memory_mib
+            if free >= 0:
+                candidates.append((free, name))
+        # Tightest fit first: whole pods stay free for large models (and can be scaled down).
+        return min(candidates)[1] if candidates else None
+
+    def new_pod_for(self, model: TtsModel) -> str | None:
+        pools = [p for p in self.cfg.pools if p.gpu == model.gpu]
+        if not pools:
+            kind = "GPU" if model.gpu else "CPU"
+            self.unplaceable[model.model_id] = ("NoPool", f"no {kind} worker pool is configured")
+            return None
+        fitting = [p for p in pools if p.memory_mib >= model.memory_mib]
+        if not fitting:
+            largest = max(p.memory_mib for p in pools)
+            self.unplaceable[model.model_id] = (
+                "NoCapacity",
+                f"needs {model.memory_mib} MiB; the largest pool holds {largest} MiB per worker",
+            )
+            return None
+        for pool in fitting:
+            if self.pool_size(pool) < pool.max_pods:
+                return self.create_pod(pool)
+        self.unplaceable[model.model_id] = (
+            "NoCapacity",
+            "every worker pool that could host it is full ("
+            + ", ".join(f"{p.name}: {p.max_pods} pods" for p in fitting)
+            + ")",
+        )
+        return None
+
+    def pool_size(self, pool: WorkerPool) -> int:
+        return sum(1 for name in self.sets if self.pool_of(name) is pool)
+
+    def create_pod(self, pool: WorkerPool) -> str:
+        index = 0
+        while f"{self.cfg.worker_prefix}-{pool.name}-{index}" in self.all_names:
+            index += 1
+        name = f"{self.cfg.worker_prefix}-{pool.name}-{index}"
+        self.all_names.add(name)
+        self.new_pods[name] = pool
+        self.sets[name] = []
+        self.added[name] = {}
+        return name
+
+    def ensure_min_pods(self) -> None:
+        for pool in self.cfg.pools:
+            while self.pool_size(pool) < pool.min_pods:
+                self.create_pod(pool)
+
+    def bind(self, live: list[VoiceSession]) -> None:
+        load: dict[str, int] = defaultdict(int)
+        for name, record in self.records.items():
+            load[name] = record.active_sessions
+        # Sessions already bound keep their worker; count them before choosing for new ones.
+        keep: list[tuple[VoiceSession, str | None]] = []
+        rebind: list[VoiceSession] = []
+        for session in live:
+            worker = session.worker
+            if worker is not None and session.model_id in self.sets.get(worker, []):
+                keep.append((session, worker))
+                load[worker] += 1
+            else:
+                rebind.append(session)
+        for session in sorted(rebind, key=lambda s: (s.created, s.name)):
+            holders = self.holders(session.model_id)
+            chosen = (
+                min(holders, key=lambda n: (not self.resident(n, session.model_id), load[n], n))
+                if holders
+                else None
+            )
+            if session.worker is not None:
+                self.event(
+                    "VoiceSession",
+                    session.name,
+                    session.uid,
+                    "WorkerLost",
+                    f"worker {session.worker} is gone or no longer holds {session.model_id}",
+                )
+            if chosen is not None:
+                load[chosen] += 1
+            keep.append((session, chosen))
+        for session, worker in keep:
+            self.set_binding(session, worker)
+
+    def set_binding(self, session: VoiceSession, worker: str | None) -> None:
+        gen, old = session.generation, session.status
+        if worker is None:
+            reason, message = self.unplaceable.get(
+                session.model_id, ("NoWorker", f"waiting for a worker for {session.model_id}")
+            )
+            self.set_session(
+                session,
+                phase="Pending",
+                worker=None,
+                conditions=[condition(old, "Bound", False, reason, message, gen, self.now)],
+            )
+            return
+        self.bound[(worker, session.model_id)] += 1
+        self.p.last_bound[(worker, session.model_id)] = self.now
+        resident = self.resident(worker, session.model_id)
+        phase = "Active" if session.phase == "Active" and session.worker == worker else "Bound"
+        if session.worker != worker:
+            self.event(
+                "VoiceSession", session.name, session.uid, "Bound", f"bound to worker {worker}"
+            )
+        self.set_session(
+            session,
+            phase=phase,
+            worker=worker,
+            conditions=[
+                condition(old, "Bound", True, "Bound", f"bound to worker {worker}", gen, self.now),
+                condition(
+                    old,
+                    "Ready",
+                    resident,
+                    "Resident" if resident else "Loading",
+                    f"{session.model_id} is {'loaded' if resident else 'loading'} on {worker}",
+                    gen,
+                    self.now,
+                ),
+            ],
+        )
+
+    def worker_addr(self, name: str) -> str | None:
+        record = self.records.get(name)
+        if record is not None and record.addr:
+            return record.addr
+        pod = self.pods.get(name)
+        if pod is not None and pod.ip:
+            return f"{pod.ip}:{pod.port}"
+        return None
+
+    def set_session(
+        self,
+        session: VoiceSession,
+        *,
+        phase: str,
+        worker: str | None,
+        conditions: list[dict[str, Any]],
+    ) -> None:
+        status: dict[str, Any] = {
+            "phase": phase,
+            "observedGeneration": session.generation,
+            "conditions": conditions,
+        }
+        if worker is not None:
+            status["worker"] = worker
+            addr = self.worker_addr(worker)
+            if addr:
+                status["workerAddr"] = addr
+        for kept in ("startedTime", "endedTime"):
+            if session.status.get(kept):
+                status[kept] = session.status[kept]
+        self.update_session(session, status)
+
+    def finish(self, session: VoiceSession, phase: str, reason: str, message: str) -> None:
+        status = {
+            **{k: v for k, v in session.status.items() if k not in ("conditions",)},
+            "phase": phase,
+            "endedTime": format_time(self.now),
+            "observedGeneration": session.generation,
+            "conditions": [
+                condition(
+                    session.status,
+                    "Ready",
+                    False,
+                    reason,
+                    message,
+                    session.generation,
+                    self.now,
+                )
+            ],
+        }
+        self.event("VoiceSession", session.name, session.uid, phase, message)
+        self.update_session(session, status)
+
+    def update_session(self, session: VoiceSession, status: dict[str, Any]) -> None:
+        if status != session.status:
+            # A merge patch leaves keys it does not name: clear what the new status drops.
+            patch: dict[str, Any] = {k: None for k in session.status if k not in status}
+            patch.update(status)
+            self.plan.session_status[session.name] = patch
+
+    def evict(self) -> None:
+        for name in sorted(self.sets):
+            if name in self.new_pods:
+                continue
+            record = self.records.get(name)
+            pod = self.pods[name]
+            for model_id in list(self.sets[name]):
+                if self.bound.get((name, model_id)):
+                    continue
+                model = self.by_id.get(model_id)
+                if model is None:  # its TTSModel was deleted
+                    self.sets[name].remove(model_id)
+                    continue
+                if model.ttl_seconds <= 0 or len(self.holders(model_id)) - 1 < self.need(model):
+                    continue
+                since = self.added[name].get(model_id, pod.created)
+                if self.now - since < model.min_residency_seconds:
+                    continue
+                last = max(
+                    record.model_last_used.get(model_id, 0.0) if record else 0.0,
+                    self.p.last_bound.get((name, model_id), 0.0),
+                    self.p.started_at,
+                    since,
+                )
+                if self.now - last < model.ttl_seconds:
+                    continue
+                self.sets[name].remove(model_id)
+                self.model_event(
+                    model,
+                    "Evicted",
+                    f"unloaded from worker {name} after {self.now - last:.0f} s idle",
+                )
+
+    def scale_down(self) -> None:
+        for pool in self.cfg.pools:
+            names = sorted(
+                (n for n in self.sets if self.pool_of(n) is pool and n not in self.new_pods),
+                reverse=True,
+            )
+            size = len(names)
+            for name in names:
+                if size <= pool.min_pods:
+                    break
+                record = self.records.get(name)
+                pod = self.pods[name]
+                if (
+                    self.sets[name]
+                    or pod.model_set
+                    or any(self.bound.get((name, m)) for m in pod.model_set)
+                    or (record is not None and record.active_sessions > 0)
+                    or self.now - max(pod.created, *pod.added.values(), 0.0)
+                    < EMPTY_POD_GRACE_SECONDS
+                ):
+                    continue
+                self.plan.delete_pods.append(name)
+                del self.sets[name]
+                size -= 1
+
+    def emit_pod_changes(self) -> None:
+        for name, pool in self.new_pods.items():
+            models = [self.by_id[m] for m in self.sets[name]]
+            self.plan.create_pods.append(worker_pod(self.cfg, pool, name, models, self.added[name]))
+        for name, pod in self.pods.items():
+            if name not in self.sets:
+                continue
+            models = [self.by_id[m] for m in self.sets[name] if m in self.by_id]
+            annotations, owners = model_set_metadata(models, self.added[name])
+            current = {
+                MODEL_SET: ",".join(pod.model_set),
+                MODEL_SPECS: pod.specs,
+                MODEL_ADDED: pod.added_raw,
+            }
+            if annotations != current or sorted(o["uid"] for o in owners) != sorted(pod.owners):
+                self.plan.patch_pods[name] = {
+                    "metadata": {"annotations": annotations, "ownerReferences": owners}
+                }
+
+    def model_statuses(self) -> None:
+        for model in self.world.models:
+            gen, old = model.generation, model.status
+            resident_on = sorted(n for n in self.pods if self.resident(n, model.model_id))
+            used = [
+                self.records[n].model_last_used[model.model_id]
+                for n in self.records
+                if model.model_id in self.records[n].model_last_used
+            ]
+            owner = self.duplicates.get(model.name)
+            if owner is not None:
+                ready = (False, "DuplicateModelId", f"TTSModel {owner} already serves this modelId")
+                res = (False, "DuplicateModelId", "not placed")
+                resident_on = []
+            elif model.model_id in self.failed:
+                ready = (False, "LoadFailed", self.failed[model.model_id])
+                res = (False, "LoadFailed", "not placed after a failed load")
+            else:
+                if model.model_id in self.unplaceable:
+                    ready = (False, *self.unplaceable[model.model_id])
+                else:
+                    ready = (True, "Schedulable", "a worker pool can host the model")
+                loading = [n for n in self.holders(model.model_id) if n not in resident_on]
+                if resident_on:
+                    res = (True, "Loaded", f"resident on {', '.join(resident_on)}")
+                elif loading:
+                    res = (False, "Loading", f"loading on {', '.join(loading)}")
+                else:
+                    res = (False, "NotRequested", "minResident is 0 and no session needs it")
+            status: dict[str, Any] = {
+                "observedGeneration": gen,
+                "residentOn": resident_on,
+                "conditions": [
+                    condition(old, "Ready", ready[0], ready[1], ready[2], gen, self.now),
+                    condition(old, "Resident", res[0], res[1], res[2], gen, self.now),
+                ],
+            }
+            last = max([*used, parse_time(old.get("lastUsedTime")) or 0.0])
+            if last > 0:
+                status["lastUsedTime"] = format_time(last)
+            if _cond_status(old, "Resident") != "True" and res[0]:
+                self.model_event(model, "Resident", res[2])
+            if status != old:
+                self.plan.model_status[model.name] = status

@@ -1,0 +1,205 @@
+"""Typed views of the objects the operator reads: TTSModels, VoiceSessions and worker Pods.
+
+The planner works on these plain values, never on raw API dicts, so it can be tested without an
+API server; `parse_*` are the only places that know the wire shape.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+GROUP = "duplex.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+TTSMODELS = "ttsmodels"
+VOICESESSIONS = "voicesessions"
+
+MODEL_SET = "duplex.dev/model-set"
+MODEL_SPECS = "duplex.dev/model-specs"
+# JSON {model_id: unix time it entered the set}: minimum residency survives operator restarts.
+MODEL_ADDED = "duplex.dev/model-added"
+POOL_LABEL = "duplex.dev/pool"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+WORKER_SELECTOR = f"app.kubernetes.io/name=duplex,{COMPONENT_LABEL}=worker"
+
+FINAL_PHASES = frozenset({"Ended", "Failed"})
+
+
+def parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def format_time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class TtsModel:
+    name: str
+    uid: str
+    generation: int
+    model_id: str
+    family: str
+    gpu: bool
+    memory_mib: int
+    min_resident: int
+    ttl_seconds: int
+    min_residency_seconds: int
+    created: float
+    # The worker catalog entry (ModelEntry fields) sent in the Pod's model-specs annotation.
+    entry: dict[str, Any]
+    status: dict[str, Any] = field(default_factory=dict)
+
+    def condition(self, kind: str) -> dict[str, Any] | None:
+        for cond in self.status.get("conditions") or []:
+            if cond.get("type") == kind:
+                return dict(cond)
+        return None
+
+    def load_failed(self) -> str | None:
+        """The worker's error when loading this generation failed (persisted in status)."""
+        ready = self.condition("Ready")
+        if (
+            ready is not None
+            and ready.get("reason") == "LoadFailed"
+            and ready.get("observedGeneration") == self.generation
+        ):
+            return str(ready.get("message", ""))
+        return None
+
+
+@dataclass
+class VoiceSession:
+    name: str
+    uid: str
+    generation: int
+    model_id: str
+    language: str
+    room: str
+    max_duration_seconds: int
+    created: float
+    status: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def phase(self) -> str:
+        return str(self.status.get("phase") or "Pending")
+
+    @property
+    def worker(self) -> str | None:
+        worker = self.status.get("worker")
+        return str(worker) if worker else None
+
+    @property
+    def final(self) -> bool:
+        return self.phase in FINAL_PHASES
+
+
+@dataclass
+class WorkerPod:
+    name: str
+    pool: str
+    model_set: list[str]
+    added: dict[str, float]
+    created: float
+    deleting: bool = False
+    ip: str | None = None
+    port: int = 50051
+    owners: list[str] = field(default_factory=list)  # uids of owning TTSModels
+    # The raw annotations, compared with what the planner wants before patching.
+    specs: str = ""
+    added_raw: str = ""
+
+
+def _meta(obj: dict[str, Any]) -> dict[str, Any]:
+    meta: dict[str, Any] = obj.get("metadata") or {}
+    return meta
+
+
+def parse_model(obj: dict[str, Any]) -> TtsModel:
+    meta, spec = _meta(obj), obj.get("spec") or {}
+    resources = spec.get("resources") or {}
+    entry: dict[str, Any] = {
+        "id": spec["modelId"],
+        "family": spec["family"],
+        "source": spec.get("source", "package"),
+        "languages": list(spec.get("languages") or ["en"]),
+        "voices": list(spec.get("voices") or []),
+        "default_voice": spec.get("defaultVoice"),
+        "memory_mib": int(resources.get("memoryMiB", 200)),
+        "threads": int(spec.get("threads", 1)),
+        "description": spec.get("description", ""),
+        "options": dict(spec.get("options") or {}),
+    }
+    return TtsModel(
+        name=meta["name"],
+        uid=meta.get("uid", ""),
+        generation=int(meta.get("generation", 1)),
+        model_id=spec["modelId"],
+        family=spec["family"],
+        gpu=bool(resources.get("gpu", False)),
+        memory_mib=int(resources.get("memoryMiB", 200)),
+        min_resident=int(spec.get("minResident", 0)),
+        ttl_seconds=int(spec.get("ttlSeconds", 600)),
+        min_residency_seconds=int(spec.get("minResidencySeconds", 30)),
+        created=parse_time(meta.get("creationTimestamp")) or 0.0,
+        entry=entry,
+        status=dict(obj.get("status") or {}),
+    )
+
+
+def parse_session(obj: dict[str, Any]) -> VoiceSession:
+    meta, spec = _meta(obj), obj.get("spec") or {}
+    return VoiceSession(
+        name=meta["name"],
+        uid=meta.get("uid", ""),
+        generation=int(meta.get("generation", 1)),
+        model_id=spec["modelId"],
+        language=spec.get("language", "en"),
+        room=spec.get("room", ""),
+        max_duration_seconds=int(spec.get("maxDurationSeconds", 3600)),
+        created=parse_time(meta.get("creationTimestamp")) or 0.0,
+        status=dict(obj.get("status") or {}),
+    )
+
+
+def parse_added(value: str | None) -> dict[str, float]:
+    try:
+        data = json.loads(value or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): float(v) for k, v in data.items() if isinstance(v, int | float)}
+
+
+def parse_pod(obj: dict[str, Any]) -> WorkerPod:
+    meta = _meta(obj)
+    annotations = meta.get("annotations") or {}
+    labels = meta.get("labels") or {}
+    port = 50051
+    for container in (obj.get("spec") or {}).get("containers") or []:
+        for p in container.get("ports") or []:
+            if p.get("name") == "grpc":
+                port = int(p["containerPort"])
+    model_set = [m.strip() for m in (annotations.get(MODEL_SET) or "").split(",") if m.strip()]
+    return WorkerPod(
+        name=meta["name"],
+        pool=labels.get(POOL_LABEL, ""),
+        model_set=list(dict.fromkeys(model_set)),
+        added=parse_added(annotations.get(MODEL_ADDED)),
+        created=parse_time(meta.get("creationTimestamp")) or 0.0,
+        deleting=bool(meta.get("deletionTimestamp")),
+        ip=(obj.get("status") or {}).get("podIP"),
+        port=port,
+        owners=[o["uid"] for o in meta.get("ownerReferences") or [] if o.get("kind") == "TTSModel"],
+        specs=annotations.get(MODEL_SPECS, ""),
+        added_raw=annotations.get(MODEL_ADDED, ""),
+    )
