@@ -1,0 +1,108 @@
+"""A worker in Kubernetes mode follows its own Pod's model set, on a real kube-apiserver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from duplex.kube import KubeApiError, KubeClient
+from duplex.worker.config import WorkerConfig
+from duplex.worker.podwatch import MODEL_SET_ANNOTATION, MODEL_SPECS_ANNOTATION
+from duplex.worker.server import Worker
+from duplex_operator.devcluster import KubeApiServer
+
+
+@pytest.fixture
+async def kube(kube_apiserver: KubeApiServer) -> AsyncIterator[KubeClient]:
+    client = KubeClient.load(kube_apiserver.kubeconfig)
+    yield client
+    await client.aclose()
+
+
+async def make_pod(kube: KubeClient, namespace: str, name: str, model_set: str) -> None:
+    await kube.create(
+        f"/api/v1/namespaces/{namespace}/pods",
+        {
+            "metadata": {"name": name, "annotations": {MODEL_SET_ANNOTATION: model_set}},
+            "spec": {"containers": [{"name": "worker", "image": "duplex:test"}]},
+        },
+    )
+
+
+async def annotate(kube: KubeClient, namespace: str, name: str, **values: str) -> None:
+    await kube.patch(
+        f"/api/v1/namespaces/{namespace}/pods/{name}", {"metadata": {"annotations": values}}
+    )
+
+
+def config(kube_apiserver: KubeApiServer, namespace: str, pod: str) -> WorkerConfig:
+    return WorkerConfig(
+        name=pod,
+        port=0,
+        kube=True,
+        pod_name=pod,
+        pod_namespace=namespace,
+        kubeconfig=str(kube_apiserver.kubeconfig),
+        test_models=True,
+        ttl_seconds=0,
+    )
+
+
+async def until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_worker_loads_and_unloads_what_its_pod_names(
+    kube: KubeClient, kube_apiserver: KubeApiServer, kube_namespace: str
+) -> None:
+    await make_pod(kube, kube_namespace, "w-0", "tone")
+    async with Worker(config(kube_apiserver, kube_namespace, "w-0")) as worker:
+        # Nothing but the set: not even the default model.
+        await until(lambda: worker.manager.resident_ids() == ["tone"], "tone resident")
+        assert worker.record().model_set == ["tone"]
+
+        # A model the worker was not built with arrives with its catalog entry.
+        custom = {"id": "pico-custom", "family": "pico", "default_voice": "en-GB"}
+        await annotate(
+            kube,
+            kube_namespace,
+            "w-0",
+            **{MODEL_SET_ANNOTATION: "pico-custom", MODEL_SPECS_ANNOTATION: json.dumps([custom])},
+        )
+        await until(lambda: worker.manager.resident_ids() == ["pico-custom"], "swap")
+        assert worker.manager.catalog.get("pico-custom").default_voice == "en-GB"
+
+        # An id it cannot load is reported, and does not block the rest of the set.
+        await annotate(
+            kube, kube_namespace, "w-0", **{MODEL_SET_ANNOTATION: "pico-custom,nope,tone"}
+        )
+        await until(lambda: worker.manager.resident_ids() == ["pico-custom", "tone"], "both")
+        record = worker.record()
+        assert "unknown model id 'nope'" in record.model_errors["nope"]
+        assert record.model_set == ["pico-custom", "nope", "tone"]
+
+        # A malformed specs annotation is logged; the set itself is still applied.
+        await annotate(
+            kube,
+            kube_namespace,
+            "w-0",
+            **{MODEL_SET_ANNOTATION: "tone", MODEL_SPECS_ANNOTATION: "{not json"},
+        )
+        await until(lambda: worker.manager.resident_ids() == ["tone"], "tone only")
+
+
+async def test_worker_for_a_pod_that_does_not_exist_fails_to_start(
+    kube_apiserver: KubeApiServer, kube_namespace: str
+) -> None:
+    worker = Worker(config(kube_apiserver, kube_namespace, "missing"))
+    with pytest.raises(KubeApiError) as caught:
+        await worker.start()
+    await worker.aclose()
+    assert caught.value.status == 404
