@@ -4,8 +4,9 @@ Level-triggered: every pass starts from what the API server and Redis say now, s
 the same whether the operator ran all along or was restarted a moment ago. What must survive a
 restart lives in the cluster: model sets and the time each model entered a set in Pod
 annotations, session bindings and load failures in the resources' status. The only in-memory
-state is when a session was last seen bound to a worker, and after a restart that starts at the
-restart time, which can delay an eviction by one TTL but never make it early.
+state is when a session was last seen bound to a worker and when a worker last held a model;
+after a restart both start at the restart time, which can delay an eviction by one TTL (or a
+scale-down by one grace period) but never make it early.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ class Planner:
         self.started_at = started_at
         # (pod, model id) -> last time a live VoiceSession was bound there.
         self.last_bound: dict[tuple[str, str], float] = {}
+        # pod -> last time its model set was not empty (the grace for scale-down counts from it).
+        self.last_held: dict[str, float] = {}
 
     def plan(self, world: World) -> Plan:
         return _Pass(self, world).run()
@@ -192,6 +195,8 @@ class _Pass:
         self.model_statuses()
         for key in [k for k in self.p.last_bound if k[0] not in self.sets]:
             del self.p.last_bound[key]
+        for name in [n for n in self.p.last_held if n not in self.sets]:
+            del self.p.last_held[name]
         return self.plan
 
     def collect_load_failures(self) -> None:
@@ -495,6 +500,10 @@ class _Pass:
                 )
 
     def scale_down(self) -> None:
+        for name, models in self.sets.items():
+            pod = self.pods.get(name)
+            if models or (pod is not None and pod.model_set):
+                self.p.last_held[name] = self.now
         for pool in self.cfg.pools:
             names = sorted(
                 (n for n in self.sets if self.pool_of(n) is pool and n not in self.new_pods),
@@ -506,12 +515,13 @@ class _Pass:
                     break
                 record = self.records.get(name)
                 pod = self.pods[name]
+                held = self.p.last_held.get(name, self.p.started_at)
                 if (
                     self.sets[name]
                     or pod.model_set
                     or any(self.bound.get((name, m)) for m in pod.model_set)
                     or (record is not None and record.active_sessions > 0)
-                    or self.now - max(pod.created, *pod.added.values(), 0.0)
+                    or self.now - max(pod.created, *pod.added.values(), held)
                     < EMPTY_POD_GRACE_SECONDS
                 ):
                     continue
@@ -565,6 +575,8 @@ class _Pass:
                     res = (True, "Loaded", f"resident on {', '.join(resident_on)}")
                 elif loading:
                     res = (False, "Loading", f"loading on {', '.join(loading)}")
+                elif model.model_id in self.unplaceable:
+                    res = (False, ready[1], "not placed: no worker can host it")
                 else:
                     res = (False, "NotRequested", "minResident is 0 and no session needs it")
             status: dict[str, Any] = {

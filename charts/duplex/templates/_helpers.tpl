@@ -1,0 +1,103 @@
+{{/*
+Name prefix of every object: the release name, or fullnameOverride. Kept short because worker
+Pod names append "-worker-<pool>-<n>" and the operator limits its prefix to 32 characters.
+*/}}
+{{- define "duplex.fullname" -}}
+{{- default .Release.Name .Values.fullnameOverride | trunc 20 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "duplex.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels that select a component's pods; stable across upgrades. */}}
+{{- define "duplex.selectorLabels" -}}
+app.kubernetes.io/name: duplex
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "duplex.labels" -}}
+{{ include "duplex.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ include "duplex.chart" .root }}
+{{- end -}}
+
+{{- define "duplex.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "duplex.operatorName" -}}
+{{- include "duplex.fullname" . }}-operator
+{{- end -}}
+
+{{- define "duplex.workerServiceAccount" -}}
+{{- include "duplex.fullname" . }}-worker
+{{- end -}}
+
+{{- define "duplex.workerPrefix" -}}
+{{- default (printf "%s-worker" (include "duplex.fullname" .)) .Values.operator.workerPrefix -}}
+{{- end -}}
+
+{{/* The Redis every worker registers in and the orchestrator discovers workers from. */}}
+{{- define "duplex.redisUrl" -}}
+{{- if .Values.redis.enabled -}}
+redis://{{ include "duplex.fullname" . }}-redis:{{ .Values.redis.port }}/0
+{{- else -}}
+{{- required "redis.url is required when redis.enabled is false" .Values.redis.url -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "duplex.livekitSecret" -}}
+{{- default (printf "%s-livekit" (include "duplex.fullname" .)) .Values.livekit.existingSecret -}}
+{{- end -}}
+
+{{/* Restricted pod security: every container here runs as the image's non-root user. */}}
+{{- define "duplex.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+capabilities:
+  drop: ["ALL"]
+{{- end -}}
+
+{{/*
+The operator's pool list (OperatorConfig.pools, snake_case) from the workerPools map. Keys left
+out of a pool's values are left out here too, so the operator's own defaults apply.
+*/}}
+{{- define "duplex.operatorPools" -}}
+{{- $root := . -}}
+{{- $keys := dict "gpu" "gpu" "minPods" "min_pods" "maxPods" "max_pods" "memoryMiB" "memory_mib" "maxSessions" "max_sessions" "port" "port" "metricsPort" "metrics_port" "resources" "resources" "nodeSelector" "node_selector" "tolerations" "tolerations" "env" "env" "args" "args" -}}
+{{- $pools := list -}}
+{{- range $name, $values := .Values.workerPools -}}
+{{- if and $values (ternary $values.enabled true (hasKey $values "enabled")) -}}
+{{- if not (regexMatch "^[a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?$" $name) -}}
+{{- fail (printf "workerPools.%s: a pool name is 1-20 lowercase letters, digits or '-'" $name) -}}
+{{- end -}}
+{{- /* Checked here too, with the operator's defaults (0 and 1), so that a bad pool fails the install
+rather than the operator's start. */ -}}
+{{- $min := ternary $values.minPods 0 (hasKey $values "minPods") -}}
+{{- $max := ternary $values.maxPods 1 (hasKey $values "maxPods") -}}
+{{- if gt (int $min) (int $max) -}}
+{{- fail (printf "workerPools.%s: minPods (%v) is more than maxPods (%v)" $name $min $max) -}}
+{{- end -}}
+{{- $pool := dict "name" $name -}}
+{{- range $from, $to := $keys -}}
+{{- if hasKey $values $from -}}
+{{- $_ := set $pool $to (get $values $from) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $pool "image" (default (include "duplex.image" $root) $values.image) -}}
+{{- $_ := set $pool "image_pull_policy" (default $root.Values.image.pullPolicy $values.imagePullPolicy) -}}
+{{- $_ := set $pool "service_account_name" (default (include "duplex.workerServiceAccount" $root) $values.serviceAccountName) -}}
+{{- $_ := set $pool "labels" (merge (dict "app.kubernetes.io/instance" $root.Release.Name) (deepCopy ($values.labels | default dict))) -}}
+{{- $annotations := deepCopy ($values.annotations | default dict) -}}
+{{- if not $root.Values.prometheus.annotations -}}
+{{- /* The operator annotates worker pods for scraping unless the pool's annotations say otherwise. */ -}}
+{{- $annotations = merge $annotations (dict "prometheus.io/scrape" "false") -}}
+{{- end -}}
+{{- $_ := set $pool "annotations" $annotations -}}
+{{- $pools = append $pools $pool -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $pools -}}
+{{- end -}}

@@ -1,0 +1,667 @@
+"""The Helm chart and the plain manifests, checked with the real helm and a real kube-apiserver.
+
+`helm lint` and `helm template` run the chart; every object it renders, and every object under
+manifests/, is validated by the apiserver with a server-side dry run (schemas, defaulting,
+admission), and what the operator and the orchestrator will read is parsed by their own
+config models and command line.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import copy
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from duplex.cli import build_parser
+from duplex.config import load_config
+from duplex.kube import KubeApiError, KubeClient
+from duplex.orchestrator.config import OrchestratorConfig
+from duplex_operator.config import GPU_RESOURCE, OperatorConfig
+from duplex_operator.devcluster import KubeApiServer, locate_binaries
+from duplex_operator.devkubelet import DevKubelet
+from duplex_operator.pods import worker_pod
+from tests.conftest import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "duplex"
+MANIFESTS = ROOT / "manifests"
+RELEASE = "duplex"
+IMAGE = "duplex:0.1.0"
+
+Obj = dict[str, Any]
+
+# Value sets every object of which must pass the apiserver: the defaults, everything switched
+# on, and an external Redis.
+VALUE_SETS: dict[str, list[str]] = {
+    "defaults": [],
+    "everything": [
+        "workerPools.gpu.enabled=true",
+        "livekit.enabled=true",
+        "livekit.apiKey=devkey",
+        "livekit.apiSecret=0123456789abcdef0123456789abcdef",
+        "prometheus.annotations=false",
+        "imagePullSecrets[0].name=registry",
+        "operator.workerImageOverride=duplex-dev:dev",
+        "orchestrator.config.default_model=kokoro-ja",
+    ],
+    "external-redis": ["redis.enabled=false", "redis.url=redis://redis.infra:6379/2"],
+}
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    return locate_binaries(("helm",))["helm"]
+
+
+def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(helm), *args], capture_output=True, text=True, check=False, timeout=120
+    )
+
+
+def render(
+    helm: Path, namespace: str, values: Sequence[str] = (), *, crds: bool = False
+) -> list[Obj]:
+    args = ["template", RELEASE, str(CHART), "--namespace", namespace]
+    args += [arg for value in values for arg in ("--set", value)]
+    if crds:
+        args.append("--include-crds")
+    result = run_helm(helm, *args)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def find(objects: Sequence[Obj], kind: str, name: str) -> Obj:
+    matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} rendered"
+    return matches[0]
+
+
+def container(deployment: Obj) -> Obj:
+    containers: list[Obj] = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def config_file(objects: Sequence[Obj], kind: str, name: str, key: str, tmp_path: Path) -> Path:
+    """The file a container sees where the ConfigMap or Secret `name` is mounted."""
+    source = find(objects, kind, name)
+    path = tmp_path / key
+    path.write_text(source["data" if kind == "ConfigMap" else "stringData"][key])
+    return path
+
+
+def operator_config(objects: Sequence[Obj], namespace: str, tmp_path: Path) -> OperatorConfig:
+    """What `duplex operator` loads in its Pod: the mounted file, then its environment."""
+    main = container(find(objects, "Deployment", f"{RELEASE}-operator"))
+    path = config_file(objects, "ConfigMap", f"{RELEASE}-operator", "operator.yaml", tmp_path)
+    return load_config(
+        OperatorConfig, path, env=pod_env(main, namespace), prefix="DUPLEX_OPERATOR_"
+    )
+
+
+def pod_env(main: Obj, namespace: str) -> dict[str, str]:
+    """A container's environment as the kubelet resolves it (the downward API fields used)."""
+    fields = {"metadata.namespace": namespace}
+    env: dict[str, str] = {}
+    for var in main.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        else:
+            env[var["name"]] = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
+    return env
+
+
+# -- helm lint ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_helm_lint_is_clean(helm: Path, values: list[str]) -> None:
+    sets = [arg for value in values for arg in ("--set", value)]
+    result = run_helm(helm, "lint", str(CHART), "--strict", *sets)
+    assert result.returncode == 0, result.stdout + result.stderr
+    findings = [line for line in result.stdout.splitlines() if line.startswith("[")]
+    assert findings == ["[INFO] Chart.yaml: icon is recommended"], result.stdout
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+# -- what the processes read ----------------------------------------------------------------
+
+
+def test_operator_reads_its_namespace_redis_and_one_cpu_pool(helm: Path, tmp_path: Path) -> None:
+    objects = render(helm, "voice")
+    config = operator_config(objects, "voice", tmp_path)
+
+    assert config.namespace == "voice"
+    redis = find(objects, "Service", f"{RELEASE}-redis")
+    assert config.redis == f"redis://{RELEASE}-redis:{redis['spec']['ports'][0]['port']}/0"
+    assert config.worker_redis is None
+    assert config.worker_prefix == f"{RELEASE}-worker"
+    [pool] = config.pools
+    assert (pool.name, pool.gpu, pool.min_pods, pool.max_pods) == ("cpu", False, 1, 2)
+    assert (pool.image, pool.image_pull_policy) == (IMAGE, "IfNotPresent")
+    assert pool.labels == {"app.kubernetes.io/instance": RELEASE}
+    assert pool.resources["requests"]["memory"] == "1536Mi"
+    # Pool settings the values leave out keep the operator's defaults.
+    assert (pool.port, pool.metrics_port) == (50051, 9100)
+
+
+def test_operator_command_line_config_mount_and_liveness_agree(helm: Path, tmp_path: Path) -> None:
+    objects = render(helm, "voice")
+    deployment = find(objects, "Deployment", f"{RELEASE}-operator")
+    main = container(deployment)
+    opts = build_parser().parse_args(main["args"])
+    assert opts.command == "operator"
+    [mount] = main["volumeMounts"]
+    [volume] = deployment["spec"]["template"]["spec"]["volumes"]
+    assert volume["configMap"]["name"] == f"{RELEASE}-operator"
+    assert opts.config == Path(mount["mountPath"]) / "operator.yaml"
+
+    config = operator_config(objects, "voice", tmp_path)
+    assert config.liveness_endpoint is not None
+    endpoint = re.fullmatch(r"http://0\.0\.0\.0:(\d+)(/\S+)", config.liveness_endpoint)
+    assert endpoint is not None
+    [port] = main["ports"]
+    assert port["containerPort"] == int(endpoint[1])
+    for probe in ("startupProbe", "livenessProbe"):
+        assert main[probe]["httpGet"] == {"path": endpoint[2], "port": port["name"]}
+    # Standalone kopf has no peering: an upgrade must stop the old operator first.
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 1
+
+
+def test_operator_rbac_is_least_privilege(helm: Path) -> None:
+    objects = render(helm, "voice")
+    name = f"{RELEASE}-operator"
+    account = find(objects, "Deployment", name)["spec"]["template"]["spec"]["serviceAccountName"]
+    find(objects, "ServiceAccount", account)
+
+    rules = {
+        (group, resource, tuple(rule["verbs"]))
+        for rule in find(objects, "Role", name)["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert rules == {
+        ("duplex.dev", "ttsmodels", ("get", "list", "watch", "patch")),
+        ("duplex.dev", "voicesessions", ("get", "list", "watch", "patch")),
+        ("duplex.dev", "ttsmodels/status", ("get", "patch", "update")),
+        ("duplex.dev", "voicesessions/status", ("get", "patch", "update")),
+        ("", "pods", ("get", "list", "watch", "create", "patch", "delete")),
+        ("", "events", ("create", "patch")),
+        ("events.k8s.io", "events", ("create", "patch")),
+    }
+    cluster_role = find(objects, "ClusterRole", f"{name}-voice")
+    # Read-only, for kopf: the CRDs it serves, and the namespace names it matches against.
+    assert cluster_role["rules"] == [
+        {
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "verbs": ["get", "list", "watch"],
+        },
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+    ]
+    for kind, role in (("RoleBinding", name), ("ClusterRoleBinding", f"{name}-voice")):
+        binding = find(objects, kind, role)
+        assert binding["roleRef"]["name"] == role
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account, "namespace": "voice"}
+        ]
+    kinds = [o["kind"] for o in objects]
+    assert kinds.count("ClusterRole") == 1 and kinds.count("ClusterRoleBinding") == 1
+
+
+def test_workers_run_as_an_account_that_can_watch_their_pod(helm: Path, tmp_path: Path) -> None:
+    objects = render(helm, "voice")
+    [pool] = operator_config(objects, "voice", tmp_path).pools
+    assert pool.service_account_name is not None
+    find(objects, "ServiceAccount", pool.service_account_name)
+    role = find(objects, "Role", pool.service_account_name)
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+    ]
+    binding = find(objects, "RoleBinding", pool.service_account_name)
+    assert binding["subjects"][0]["name"] == pool.service_account_name
+
+
+def test_orchestrator_command_line_service_and_probes(helm: Path, tmp_path: Path) -> None:
+    objects = render(helm, "voice", ["orchestrator.config.language=de"])
+    name = f"{RELEASE}-orchestrator"
+    deployment = find(objects, "Deployment", name)
+    main = container(deployment)
+    opts = build_parser().parse_args(main["args"])
+    assert opts.command == "orchestrator"
+    assert (opts.host, opts.port, opts.redis) == (
+        "0.0.0.0",
+        8080,
+        f"redis://{RELEASE}-redis:6379/0",
+    )
+    [mount] = main["volumeMounts"]
+    [volume] = deployment["spec"]["template"]["spec"]["volumes"]
+    assert mount["name"] == volume["name"]
+    assert volume["secret"]["secretName"] == name
+    assert opts.config == Path(mount["mountPath"]) / "orchestrator.yaml"
+    config = load_config(
+        OrchestratorConfig,
+        config_file(objects, "Secret", name, "orchestrator.yaml", tmp_path),
+        env={},
+        overrides={"host": opts.host, "port": opts.port, "redis": opts.redis},
+    )
+    assert (config.language, config.port) == ("de", 8080)
+
+    [port] = main["ports"]
+    assert (port["name"], port["containerPort"]) == ("http", 8080)
+    service = find(objects, "Service", name)
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+    ]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    # Not ready without workers, but alive: /healthz answers 503 until a worker registers.
+    assert main["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert main["livenessProbe"]["httpGet"]["path"] == "/metrics"
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == "8080"
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_gpu_pool_renders_with_its_toleration_and_node_selector(helm: Path, tmp_path: Path) -> None:
+    objects = render(helm, "voice", ["workerPools.gpu.enabled=true"])
+    pools = {p.name: p for p in operator_config(objects, "voice", tmp_path).pools}
+    assert sorted(pools) == ["cpu", "gpu"]
+    gpu = pools["gpu"]
+    assert gpu.gpu and gpu.image == IMAGE
+    assert {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"} in gpu.tolerations
+    assert gpu.node_selector == {"nvidia.com/gpu.present": "true"}
+    assert not pools["cpu"].gpu and pools["cpu"].tolerations == []
+
+
+def test_disabled_gpu_pool_is_not_rendered(helm: Path, tmp_path: Path) -> None:
+    pools = operator_config(render(helm, "voice"), "voice", tmp_path).pools
+    assert [p.name for p in pools] == ["cpu"]
+
+
+def test_prometheus_annotations_can_be_turned_off(helm: Path, tmp_path: Path) -> None:
+    objects = render(helm, "voice", ["prometheus.annotations=false"])
+    orchestrator = find(objects, "Deployment", f"{RELEASE}-orchestrator")
+    annotations = orchestrator["spec"]["template"]["metadata"]["annotations"]
+    assert not any(key.startswith("prometheus.io/") for key in annotations)
+    config = operator_config(objects, "voice", tmp_path)
+    [pool] = config.pools
+    pod = worker_pod(config, pool, "duplex-worker-cpu-0", [], {})
+    assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "false"
+
+
+def test_external_redis_replaces_the_bundled_one(helm: Path, tmp_path: Path) -> None:
+    url = "redis://redis.infra:6379/2"
+    objects = render(helm, "voice", ["redis.enabled=false", f"redis.url={url}"])
+    assert not [o for o in objects if o["metadata"]["name"] == f"{RELEASE}-redis"]
+    assert operator_config(objects, "voice", tmp_path).redis == url
+    main = container(find(objects, "Deployment", f"{RELEASE}-orchestrator"))
+    assert build_parser().parse_args(main["args"]).redis == url
+
+
+def test_worker_image_override_reaches_the_operator_environment(helm: Path) -> None:
+    objects = render(helm, "voice", ["operator.workerImageOverride=duplex-dev:dev"])
+    main = container(find(objects, "Deployment", f"{RELEASE}-operator"))
+    assert {"name": "DUPLEX_OPERATOR_WORKER_IMAGE", "value": "duplex-dev:dev"} in main["env"]
+    # Without the override the pools' own images stand.
+    default = container(find(render(helm, "voice"), "Deployment", f"{RELEASE}-operator"))
+    assert [e["name"] for e in default["env"]] == ["DUPLEX_OPERATOR_NAMESPACE"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["redis.enabled=false"], "redis.url is required when redis.enabled is false"),
+        (["livekit.enabled=true"], "livekit.apiKey (or livekit.existingSecret) is required"),
+        (["workerPools.cpu.minPods=3"], "workerPools.cpu: minPods (3) is more than maxPods (2)"),
+        (["workerPools.cpu.minPodz=1"], "Additional property minPodz is not allowed"),
+        (["workerPools.Big.minPods=1"], 'Property name of "Big" does not match'),
+    ],
+    ids=["redis-url", "livekit-secret", "pool-sizes", "pool-key", "pool-name"],
+)
+def test_bad_values_fail_the_render_with_a_reason(
+    helm: Path, values: list[str], message: str
+) -> None:
+    args = [arg for value in values for arg in ("--set", value)]
+    result = run_helm(helm, "template", RELEASE, str(CHART), *args)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+# -- the apiserver accepts every object -----------------------------------------------------
+
+
+async def dry_run(client: KubeClient, obj: Obj, namespace: str) -> Obj:
+    """Create `obj` with dryRun=All; one that exists already (the CRDs) is replaced instead."""
+    try:
+        return await client.create_object(obj, namespace=namespace, dry_run=True)
+    except KubeApiError as exc:
+        if exc.status != 409:
+            raise AssertionError(f"{obj['kind']}/{obj['metadata']['name']}: {exc}") from exc
+    meta = obj["metadata"]
+    path = await client.object_path(
+        obj["apiVersion"], obj["kind"], meta.get("namespace") or namespace, meta["name"]
+    )
+    current = await client.get(path)
+    replacement = copy.deepcopy(obj)
+    replacement["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+    return await client.request("PUT", path, replacement, params={"dryRun": "All"})
+
+
+async def assert_accepted(api: KubeApiServer, objects: Sequence[Obj], namespace: str) -> list[Obj]:
+    async with KubeClient.load(api.kubeconfig) as client:
+        accepted = [await dry_run(client, obj, namespace) for obj in objects]
+    for sent, answer in zip(objects, accepted, strict=True):
+        assert (answer["kind"], answer["metadata"]["name"]) == (
+            sent["kind"],
+            sent["metadata"]["name"],
+        )
+    return accepted
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+async def test_every_rendered_object_passes_a_server_dry_run(
+    helm: Path, kube_apiserver: KubeApiServer, kube_namespace: str, values: list[str]
+) -> None:
+    objects = render(helm, kube_namespace, values, crds=True)
+    kinds = {o["kind"] for o in objects}
+    assert {"CustomResourceDefinition", "Deployment", "ClusterRole", "ConfigMap"} <= kinds
+    accepted = await assert_accepted(kube_apiserver, objects, kube_namespace)
+    for answer in accepted:
+        if answer["kind"] not in {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}:
+            assert answer["metadata"]["namespace"] == kube_namespace
+
+
+async def test_worker_pods_of_both_pools_pass_a_server_dry_run(
+    helm: Path, kube_apiserver: KubeApiServer, kube_namespace: str, tmp_path: Path
+) -> None:
+    objects = render(helm, kube_namespace, ["workerPools.gpu.enabled=true"])
+    config = operator_config(objects, kube_namespace, tmp_path)
+    pods = [
+        worker_pod(config, pool, f"{config.worker_prefix}-{pool.name}-0", [], {})
+        for pool in config.pools
+    ]
+    cpu, gpu = await assert_accepted(kube_apiserver, pods, kube_namespace)
+    assert cpu["spec"]["serviceAccountName"] == f"{RELEASE}-worker"
+    [gpu_container] = gpu["spec"]["containers"]
+    assert gpu_container["resources"]["limits"][GPU_RESOURCE] == "1"
+    assert gpu["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert any(t["key"] == GPU_RESOURCE for t in gpu["spec"]["tolerations"])
+
+
+# -- manifests/ ----------------------------------------------------------------------------
+
+
+def manifest_objects() -> list[Obj]:
+    return [
+        doc
+        for path in sorted(MANIFESTS.glob("*.yaml"))
+        if path.name != "kustomization.yaml"
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+
+
+def without_helm_bookkeeping(obj: Obj) -> Obj:
+    obj = copy.deepcopy(obj)
+    for meta in (obj["metadata"], obj.get("spec", {}).get("template", {}).get("metadata")):
+        if meta is None:
+            continue
+        meta.pop("namespace", None)
+        labels = meta.get("labels", {})
+        labels.pop("helm.sh/chart", None)
+        labels.pop("app.kubernetes.io/managed-by", None)
+        annotations = meta.get("annotations", {})
+        annotations.pop("checksum/config", None)
+        if "annotations" in meta and not annotations:
+            del meta["annotations"]
+    return obj
+
+
+def test_manifests_are_the_charts_default_rendering(helm: Path) -> None:
+    namespace = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())["namespace"]
+    rendered = {
+        (o["kind"], o["metadata"]["name"]): without_helm_bookkeeping(o)
+        for o in render(helm, namespace)
+    }
+    plain = {
+        (o["kind"], o["metadata"]["name"]): o
+        for o in manifest_objects()
+        if o["kind"] != "Namespace"
+    }
+    assert sorted(plain) == sorted(rendered)
+    for key, obj in plain.items():
+        assert obj == rendered[key], f"manifests/ and the chart differ in {key[0]}/{key[1]}"
+
+
+async def test_every_manifest_passes_a_server_dry_run(
+    kube_apiserver: KubeApiServer, kube_namespace: str
+) -> None:
+    crds = [
+        doc
+        for path in sorted((MANIFESTS / "crds").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+    ]
+    objects = [*crds, *manifest_objects()]
+    assert len(objects) >= 15
+    await assert_accepted(kube_apiserver, objects, kube_namespace)
+
+
+# -- the Tiltfile -------------------------------------------------------------------------
+
+
+def tilt_value(node: ast.expr, names: dict[str, str]) -> Any:
+    """The value of a Tiltfile expression built from strings, names, lists and `+`."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        return names[node.id]
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return tilt_value(node.left, names) + tilt_value(node.right, names)
+    if isinstance(node, ast.List):
+        return [tilt_value(item, names) for item in node.elts]
+    if isinstance(node, ast.Dict):
+        return {
+            tilt_value(k, names): tilt_value(v, names)
+            for k, v in zip(node.keys, node.values, strict=True)
+            if k is not None
+        }
+    raise AssertionError(f"unexpected expression in the Tiltfile: {ast.dump(node)}")
+
+
+def tilt_calls(tree: ast.Module, function: str) -> list[ast.Call]:
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == function
+    ]
+
+
+def test_tiltfile_names_what_the_chart_renders(helm: Path) -> None:
+    tree = ast.parse((ROOT / "Tiltfile").read_text())
+    names = {"NAMESPACE": "tilt"}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            [target] = node.targets
+            assert isinstance(target, ast.Name) and isinstance(node.value.value, str)
+            names[target.id] = node.value.value
+    [build] = tilt_calls(tree, "docker_build")
+    image = tilt_value(build.args[0], names)
+    [chart] = tilt_calls(tree, "helm")
+    helm_args = {k.arg: tilt_value(k.value, names) for k in chart.keywords}
+    assert tilt_value(chart.args[0], names) == "charts/duplex"
+    assert helm_args["name"] == RELEASE
+    objects = render(helm, "tilt", helm_args["set"], crds=True)
+    rendered = {f"{o['metadata']['name']}:{o['kind']}".lower() for o in objects}
+
+    for call in tilt_calls(tree, "k8s_resource"):
+        workload = tilt_value(call.args[0], names)
+        assert f"{workload}:deployment" in rendered
+        for keyword in call.keywords:
+            if keyword.arg == "objects":
+                assert set(tilt_value(keyword.value, names)) <= rendered
+
+    # Tilt rewrites container images and env values that name the image it built.
+    operator = container(find(objects, "Deployment", f"{RELEASE}-operator"))
+    assert operator["image"].split(":")[0] == image
+    env = pod_env(operator, "tilt")
+    assert env["DUPLEX_OPERATOR_WORKER_IMAGE"].split(":")[0] == image
+    for sync in tilt_calls(tree, "sync"):
+        source, target = (tilt_value(arg, names) for arg in sync.args)
+        assert (ROOT / source).is_dir() and target == f"/app/{source}"
+
+
+# -- the chart's RBAC is enough for the real processes --------------------------------------
+
+
+class OperatorProcess:
+    """`duplex operator` as its Pod would run it: the Pod's arguments, environment and file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], kubeconfig: Path, log: Path) -> None:
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "duplex.cli", *args, "--kubeconfig", str(kubeconfig)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env},
+            )
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def token_kubeconfig(api: KubeApiServer, token: str, path: Path) -> Path:
+    config = yaml.safe_load(api.kubeconfig.read_text())
+    for user in config["users"]:
+        user["user"] = {"token": token}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def service_account_token(client: KubeClient, namespace: str, account: str) -> str:
+    answer = await client.create(
+        f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}},
+    )
+    return str(answer["status"]["token"])
+
+
+def resident(model: Obj) -> bool:
+    conditions = (model.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Resident" and c["status"] == "True" for c in conditions)
+
+
+def http_status(url: str) -> int:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=5) as response:
+        return int(response.status)
+
+
+def denials(logs: Sequence[Path]) -> list[str]:
+    return [
+        f"{log.name}: {line}"
+        for log in logs
+        for line in log.read_text(errors="replace").splitlines()
+        # A 403 from the apiserver always says Forbidden (kopf: APIForbiddenError).
+        if "forbidden" in line.lower()
+    ]
+
+
+async def test_operator_and_worker_need_no_more_than_the_charts_rbac(
+    helm: Path,
+    kube_apiserver: KubeApiServer,
+    kube_namespace: str,
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    """The operator and a worker, each with its ServiceAccount's token, make a model Resident."""
+    ns = kube_namespace
+    objects = render(helm, ns, ["redis.enabled=false", f"redis.url={redis_server.url}"])
+    rbac_kinds = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+    rbac = [o for o in objects if o["kind"] in rbac_kinds]
+    config = operator_config(objects, ns, tmp_path)
+    [pool] = config.pools
+    assert pool.service_account_name is not None
+    main = container(find(objects, "Deployment", f"{RELEASE}-operator"))
+    opts = build_parser().parse_args(main["args"])
+    config_path = config_file(
+        objects, "ConfigMap", f"{RELEASE}-operator", opts.config.name, tmp_path
+    )
+    args = [arg if arg != str(opts.config) else str(config_path) for arg in main["args"]]
+    # The chart's 0.0.0.0:8081 could be taken on this machine; the probe is checked here too.
+    liveness = f"http://127.0.0.1:{free_port()}/healthz"
+    env = {**pod_env(main, ns), "DUPLEX_OPERATOR_LIVENESS_ENDPOINT": liveness}
+
+    async with KubeClient.load(kube_apiserver.kubeconfig) as admin:
+        for obj in rbac:
+            await admin.create_object(obj, namespace=ns)
+        tokens = {
+            role: await service_account_token(admin, ns, account)
+            for role, account in (
+                ("operator", f"{RELEASE}-operator"),
+                ("worker", pool.service_account_name),
+            )
+        }
+        kubeconfigs = {
+            role: token_kubeconfig(kube_apiserver, token, tmp_path / f"{role}.kubeconfig")
+            for role, token in tokens.items()
+        }
+        kubelet = DevKubelet(
+            admin, ns, kubeconfigs["worker"], tmp_path / "pods", env={"PYTHONUNBUFFERED": "1"}
+        )
+        operator = OperatorProcess(args, env, kubeconfigs["operator"], tmp_path / "operator.log")
+        try:
+            await kubelet.start()
+            model = {
+                "apiVersion": "duplex.dev/v1alpha1",
+                "kind": "TTSModel",
+                "metadata": {"name": "pico-en"},
+                "spec": {"modelId": "pico-en", "family": "pico", "minResident": 1},
+            }
+            await admin.create_object(model, namespace=ns)
+            path = f"/apis/duplex.dev/v1alpha1/namespaces/{ns}/ttsmodels/pico-en"
+            deadline = time.monotonic() + 90
+            while not resident(await admin.get(path)):
+                if operator.proc.poll() is not None or time.monotonic() > deadline:
+                    logs = [operator.log, *(tmp_path / "pods").glob("*.log")]
+                    tails = "\n".join(
+                        f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}" for log in logs
+                    )
+                    raise AssertionError(f"pico-en did not become Resident\n{tails}")
+                await asyncio.sleep(0.3)
+            assert kubelet.started == [f"{config.worker_prefix}-cpu-0"]
+            assert await asyncio.to_thread(http_status, liveness) == 200
+        finally:
+            await asyncio.to_thread(operator.stop)
+            await kubelet.aclose()
+            for obj in rbac:
+                if obj["kind"].startswith("Cluster"):
+                    name = obj["metadata"]["name"]
+                    await admin.delete(
+                        await admin.object_path(obj["apiVersion"], obj["kind"], None, name)
+                    )
+    logs = [operator.log, *(tmp_path / "pods").glob("*.log")]
+    assert len(logs) == 2
+    assert denials(logs) == []

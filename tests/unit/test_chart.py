@@ -1,0 +1,71 @@
+"""The deployable files agree with each other: chart CRDs, manifests and their kustomization."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "manifests"
+CHART = ROOT / "charts" / "duplex"
+
+
+def crd_files() -> list[Path]:
+    return sorted((MANIFESTS / "crds").glob("*.yaml"))
+
+
+def test_there_are_crds_to_compare() -> None:
+    assert [p.name for p in crd_files()] == [
+        "ttsmodels.duplex.dev.yaml",
+        "voicesessions.duplex.dev.yaml",
+    ]
+
+
+@pytest.mark.parametrize("source", crd_files(), ids=lambda p: p.name)
+def test_chart_crd_is_a_byte_identical_copy(source: Path) -> None:
+    copy = CHART / "crds" / source.name
+    assert copy.is_file(), f"charts/duplex/crds/ lacks {source.name}: cp {source} {copy}"
+    assert copy.read_bytes() == source.read_bytes(), f"cp {source} {copy}"
+
+
+def test_chart_has_no_crd_of_its_own() -> None:
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == [p.name for p in crd_files()]
+
+
+def kustomization() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
+    return doc
+
+
+def test_kustomization_names_files_that_exist() -> None:
+    resources = kustomization()["resources"]
+    assert resources
+    missing = [r for r in resources if not (MANIFESTS / r).is_file()]
+    assert not missing
+
+
+def test_kustomization_installs_every_manifest_but_no_sample() -> None:
+    resources = set(kustomization()["resources"])
+    on_disk = {
+        str(p.relative_to(MANIFESTS))
+        for p in [*MANIFESTS.glob("*.yaml"), *MANIFESTS.glob("crds/*.yaml")]
+        if p.name != "kustomization.yaml"
+    }
+    assert resources == on_disk
+    assert not any(r.startswith("samples/") for r in resources)
+
+
+def test_kustomization_fixes_the_namespace_its_bindings_name() -> None:
+    namespace = kustomization()["namespace"]
+    docs = [
+        doc
+        for path in MANIFESTS.glob("*.yaml")
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") in {"Namespace", "ClusterRoleBinding"}
+    ]
+    kinds = {doc["kind"]: doc for doc in docs}
+    assert kinds["Namespace"]["metadata"]["name"] == namespace
+    assert {s["namespace"] for s in kinds["ClusterRoleBinding"]["subjects"]} == {namespace}
