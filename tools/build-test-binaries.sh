@@ -4,6 +4,7 @@
 #   kube-apiserver  k8s.io/kubernetes/cmd/kube-apiserver   (tools/k8s/go.mod)
 #   etcd            go.etcd.io/etcd/server/v3              (tools/etcd/go.mod)
 #   helm            helm.sh/helm/v3/cmd/helm               (tools/helm/go.mod)
+#   livekit-server  github.com/livekit/livekit-server/cmd/server (tools/livekit/go.mod)
 #
 # Each is built once per version into a cache outside the checkout:
 #
@@ -14,8 +15,8 @@
 # caches live under the same directory (gomodcache/, gocache/), so a second run, or a
 # run after `go mod download` in tools/*, needs no network.
 #
-# Usage: tools/build-test-binaries.sh [--check] [kube-apiserver|etcd|helm ...]
-#   no names   all three
+# Usage: tools/build-test-binaries.sh [--check] [kube-apiserver|etcd|helm|livekit-server ...]
+#   no names   all of them
 #   --check    build nothing; print what is cached, exit 1 if any is missing
 # Prints one line per binary on stdout: <name>=<absolute path>. Progress goes to stderr.
 #
@@ -39,13 +40,13 @@ names=()
 for arg in "$@"; do
     case "$arg" in
         --check) check_only=1 ;;
-        -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        kube-apiserver|etcd|helm) names+=("$arg") ;;
-        *) die "unknown argument '$arg' (expected --check, kube-apiserver, etcd or helm)" ;;
+        -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        kube-apiserver|etcd|helm|livekit-server) names+=("$arg") ;;
+        *) die "unknown argument '$arg' (expected --check, kube-apiserver, etcd, helm or livekit-server)" ;;
     esac
 done
 if [ "${#names[@]}" -eq 0 ]; then
-    names=(kube-apiserver etcd helm)
+    names=(kube-apiserver etcd helm livekit-server)
 fi
 
 # name -> (module dir under tools/, module whose version is the cache key, main package)
@@ -54,6 +55,7 @@ tool_dir() {
         kube-apiserver) echo "$here/k8s" ;;
         etcd) echo "$here/etcd" ;;
         helm) echo "$here/helm" ;;
+        livekit-server) echo "$here/livekit" ;;
     esac
 }
 tool_module() {
@@ -61,6 +63,7 @@ tool_module() {
         kube-apiserver) echo "k8s.io/kubernetes" ;;
         etcd) echo "go.etcd.io/etcd/server/v3" ;;
         helm) echo "helm.sh/helm/v3" ;;
+        livekit-server) echo "github.com/livekit/livekit-server" ;;
     esac
 }
 tool_package() {
@@ -68,6 +71,7 @@ tool_package() {
         kube-apiserver) echo "k8s.io/kubernetes/cmd/kube-apiserver" ;;
         etcd) echo "go.etcd.io/etcd/server/v3" ;;
         helm) echo "helm.sh/helm/v3/cmd/helm" ;;
+        livekit-server) echo "github.com/livekit/livekit-server/cmd/server" ;;
     esac
 }
 
@@ -99,7 +103,7 @@ ldflags_for() {
             done
             echo "-s -w$flags"
             ;;
-        etcd)
+        etcd|livekit-server)
             echo "-s -w"
             ;;
         helm)

@@ -60,6 +60,8 @@ class OperatorConfig(BaseModel):
     pools: list[WorkerPool] = [WorkerPool(name="cpu", min_pods=0, max_pods=2)]
     # A full reconcile pass runs at least this often, besides on every watch event.
     resync_seconds: float = Field(2.0, gt=0)
+    # Replaces every pool's image (e.g. the image a dev loop just built); None keeps them.
+    worker_image: str | None = None
     # Passed to every worker as --redis; defaults to `redis`.
     worker_redis: str | None = None
     # Serve kopf's liveness probe here (e.g. http://0.0.0.0:8081/healthz); None disables it.

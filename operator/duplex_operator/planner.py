@@ -154,7 +154,7 @@ class _Pass:
     # -- helpers -----------------------------------------------------------------------------
 
     def event(self, kind: str, name: str, uid: str, reason: str, message: str) -> None:
-        kind_type = "Warning" if reason in {"LoadFailed", "NoCapacity", "WorkerLost"} else "Normal"
+        kind_type = "Warning" if reason in {"LoadFailed", "Failed", "WorkerLost"} else "Normal"
         self.plan.events.append(Event(kind, name, uid, kind_type, reason, message))
 
     def model_event(self, model: TtsModel, reason: str, message: str) -> None:

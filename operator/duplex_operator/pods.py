@@ -90,7 +90,7 @@ def worker_pod(
     ]
     container: dict[str, Any] = {
         "name": "worker",
-        "image": pool.image,
+        "image": config.worker_image or pool.image,
         "imagePullPolicy": pool.image_pull_policy,
         "args": [
             "worker",

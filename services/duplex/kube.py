@@ -92,7 +92,11 @@ class KubeConfig:
         if not ctx_name:
             raise InvalidInput(f"kubeconfig {path}: no current-context")
         ctx = named("contexts", ctx_name)
+        if not ctx.get("cluster"):
+            raise InvalidInput(f"kubeconfig {path}: context {ctx_name!r} names no cluster")
         cluster = named("clusters", ctx["cluster"])
+        if not cluster.get("server"):
+            raise InvalidInput(f"kubeconfig {path}: cluster {ctx['cluster']!r} has no server")
         user = named("users", ctx["user"]) if ctx.get("user") else {}
         config = cls(
             server=str(cluster["server"]).rstrip("/"),
@@ -118,7 +122,8 @@ class KubeConfig:
         config.cert_file = file_of("client-certificate", user)
         config.key_file = file_of("client-key", user)
         if user.get("tokenFile"):
-            config.token_file = Path(user["tokenFile"])
+            token_file = Path(user["tokenFile"])
+            config.token_file = token_file if token_file.is_absolute() else base / token_file
         return config
 
     @classmethod

@@ -212,3 +212,17 @@ def test_parse_model_specs_reads_what_the_operator_writes() -> None:
 def test_parse_model_specs_rejects_bad_annotations(value: str) -> None:
     with pytest.raises(ValueError, match=re.escape(f"bad {MODEL_SPECS} annotation")):
         parse_model_specs(value)
+
+
+def test_a_relative_token_file_is_read_next_to_the_kubeconfig(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("from-file\n")
+    path = write_kubeconfig(
+        tmp_path / "config", cluster={"server": "https://k:6443"}, user={"tokenFile": "token"}
+    )
+    assert KubeConfig.from_kubeconfig(path).bearer() == "from-file"
+
+
+def test_a_cluster_without_a_server_is_invalid_input(tmp_path: Path) -> None:
+    path = write_kubeconfig(tmp_path / "config", cluster={"insecure-skip-tls-verify": True})
+    with pytest.raises(InvalidInput, match="has no server"):
+        KubeConfig.from_kubeconfig(path)

@@ -17,7 +17,7 @@ import pytest
 from duplex.discovery import WorkerRecord
 from duplex_operator.config import GPU_RESOURCE, OperatorConfig, WorkerPool
 from duplex_operator.planner import EMPTY_POD_GRACE_SECONDS, Event, Plan, Planner, World
-from duplex_operator.pods import GPU_TOLERATION, model_set_metadata
+from duplex_operator.pods import GPU_TOLERATION, model_set_metadata, worker_pod
 from duplex_operator.resources import (
     API_VERSION,
     MODEL_ADDED,
@@ -854,3 +854,12 @@ def test_a_pass_that_evicts_and_scales_down_settles() -> None:
     w = apply(w, second, now=NOW + EMPTY_POD_GRACE_SECONDS + 1)
     assert w.pods[0].deleting
     assert_settled(p, w)
+
+
+def test_worker_image_overrides_every_pools_image() -> None:
+    config = OperatorConfig(pools=[CPU, GPU], worker_image="registry.example/duplex:dev")
+    for pool in (CPU, GPU):
+        pod = worker_pod(config, pool, "w", [], {})
+        assert pod["spec"]["containers"][0]["image"] == "registry.example/duplex:dev"
+    pod = worker_pod(OperatorConfig(pools=[CPU]), CPU, "w", [], {})
+    assert pod["spec"]["containers"][0]["image"] == CPU.image
