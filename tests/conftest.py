@@ -5,16 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shutil
 import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from duplex.localredis import RedisServer
 from duplex_operator.devcluster import KubeApiServer, KubeControlPlane, locate_binaries
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,54 +22,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A real redis-server on a free loopback port, without persistence."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        self.port = free_port()
-        self._dir = tempfile.TemporaryDirectory()
-        self._proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self._dir.name,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                if time.monotonic() > deadline or self._proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.01)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        self._proc.terminate()
-        self._proc.wait(timeout=10)
-        self._dir.cleanup()
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,8 @@ def build_registry(reconciler: Reconciler, kube: KubeConfig) -> kopf.OperatorReg
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
+        # No cluster-wide RBAC: the namespace is explicit and the CRDs exist before we start.
+        settings.scanning.disabled = True
 
     def wake(**_: Any) -> None:
         reconciler.wake()

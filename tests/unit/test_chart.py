@@ -58,14 +58,27 @@ def test_kustomization_installs_every_manifest_but_no_sample() -> None:
     assert not any(r.startswith("samples/") for r in resources)
 
 
+def manifest_docs() -> list[dict[str, Any]]:
+    return [
+        doc
+        for path in sorted(MANIFESTS.glob("*.yaml"))
+        if path.name != "kustomization.yaml"
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+
+
 def test_kustomization_fixes_the_namespace_its_bindings_name() -> None:
     namespace = kustomization()["namespace"]
-    docs = [
-        doc
-        for path in MANIFESTS.glob("*.yaml")
-        for doc in yaml.safe_load_all(path.read_text())
-        if doc and doc.get("kind") in {"Namespace", "ClusterRoleBinding"}
-    ]
-    kinds = {doc["kind"]: doc for doc in docs}
-    assert kinds["Namespace"]["metadata"]["name"] == namespace
-    assert {s["namespace"] for s in kinds["ClusterRoleBinding"]["subjects"]} == {namespace}
+    docs = manifest_docs()
+    [ns] = [doc for doc in docs if doc["kind"] == "Namespace"]
+    assert ns["metadata"]["name"] == namespace
+    bindings = [doc for doc in docs if doc["kind"] == "RoleBinding"]
+    assert len(bindings) == 2
+    assert {s["namespace"] for b in bindings for s in b["subjects"]} == {namespace}
+
+
+def test_manifests_grant_nothing_cluster_wide() -> None:
+    kinds = {doc["kind"] for doc in manifest_docs()}
+    assert {"Role", "RoleBinding"} <= kinds
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding"}

@@ -18,8 +18,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +34,7 @@ from duplex.bench.stats import ms, p50_p95, table
 from duplex.discovery import KEY_PREFIX, WorkerRecord
 from duplex.errors import DuplexError
 from duplex.kube import KubeApiError, KubeClient
+from duplex.localredis import RedisServer
 
 
 @dataclass
@@ -43,51 +42,6 @@ class Target:
     client: KubeClient
     namespace: str
     redis: aioredis.Redis
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.asynccontextmanager
-async def _redis_server(workdir: Path) -> AsyncIterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise DuplexError("redis-server is not installed (apt-get install redis-server)")
-    port = _free_port()
-    proc = await asyncio.create_subprocess_exec(
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(workdir),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        client = aioredis.from_url(url)
-        try:
-            for _ in range(100):
-                with contextlib.suppress(OSError, aioredis.ConnectionError):
-                    await client.ping()
-                    break
-                await asyncio.sleep(0.05)
-        finally:
-            await client.aclose()
-        yield url
-    finally:
-        proc.terminate()
-        await proc.wait()
 
 
 @contextlib.asynccontextmanager
@@ -99,7 +53,9 @@ async def _local_cluster(workdir: Path) -> AsyncIterator[Target]:
     plane = KubeControlPlane()
     api = await asyncio.to_thread(plane.start)
     try:
-        async with _redis_server(workdir) as redis_url:
+        redis_server = await asyncio.to_thread(RedisServer)
+        try:
+            redis_url = redis_server.url
             client = KubeClient.load(api.kubeconfig)
             namespace = "duplex-bench"
             await client.create("/api/v1/namespaces", {"metadata": {"name": namespace}})
@@ -138,6 +94,8 @@ async def _local_cluster(workdir: Path) -> AsyncIterator[Target]:
                 log.close()
                 await redis.aclose()
                 await client.aclose()
+        finally:
+            await asyncio.to_thread(redis_server.stop)
     finally:
         await asyncio.to_thread(plane.stop)
 
