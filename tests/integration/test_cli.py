@@ -42,3 +42,28 @@ def test_models_lists_the_catalog() -> None:
     assert result.returncode == 0, result.stderr
     for model in ("piper-joe", "kokoro-ja", "pico-en"):
         assert model in result.stdout
+
+
+def test_operator_with_a_bad_pool_config_explains(tmp_path: Path) -> None:
+    config = tmp_path / "operator.yaml"
+    config.write_text("pools:\n  - name: cpu\n    min_pods: 3\n    max_pods: 1\n")
+    result = duplex("operator", "--config", str(config), "--kubeconfig", str(tmp_path / "none"))
+    assert result.returncode == 2
+    assert "min_pods > max_pods" in result.stderr
+
+
+def test_operator_without_credentials_explains(tmp_path: Path) -> None:
+    result = duplex("operator", "--kubeconfig", str(tmp_path / "missing-kubeconfig"))
+    assert result.returncode == 2
+    assert "cannot read kubeconfig" in result.stderr and "missing-kubeconfig" in result.stderr
+
+
+def test_worker_in_kubernetes_mode_needs_its_pod_name(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "current-context: c\nclusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "contexts: [{name: c, context: {cluster: k}}]\n"
+    )
+    result = duplex("worker", "--kube", "--port", "0", "--kubeconfig", str(kubeconfig))
+    assert result.returncode == 2
+    assert "needs the Pod name" in result.stderr
