@@ -14,6 +14,7 @@ import ctypes
 import functools
 import json
 import secrets
+import shutil
 import signal
 import socket
 import ssl
@@ -413,21 +414,11 @@ def _free_ports(count: int) -> list[int]:
 
 
 def _write_rsa_key(path: Path) -> None:
-    try:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-    except ImportError:
-        subprocess.run(
-            ["openssl", "genrsa", "-out", str(path), "2048"], capture_output=True, check=True
-        )
-        return
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
+    # The apiserver signs service-account tokens with it; any RSA key will do.
+    if shutil.which("openssl") is None:
+        raise RuntimeError("openssl is not installed (apt-get install openssl)")
+    subprocess.run(
+        ["openssl", "genrsa", "-out", str(path), "2048"], capture_output=True, check=True
     )
 
 
