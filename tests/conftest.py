@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from duplex.livekit_server import LiveKitServer
 from duplex.localredis import RedisServer
 from duplex_operator.devcluster import KubeApiServer, KubeControlPlane, locate_binaries
 
@@ -71,14 +72,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # The first build of kube-apiserver takes tens of minutes: it happens here, before any
     # test's timeout runs, and shows its progress. Should it fail, the kube_apiserver
     # fixture tries again and fails those tests with the build's error.
-    if config.option.collectonly or not any(
-        "kube_apiserver" in getattr(item, "fixturenames", ()) for item in items
+    needed: list[str] = []
+    for fixture, names in (
+        ("kube_apiserver", ("kube-apiserver", "etcd")),
+        ("livekit_server", ("livekit-server",)),
     ):
+        if any(fixture in getattr(item, "fixturenames", ()) for item in items):
+            needed += names
+    if config.option.collectonly or not needed:
         return
     capture = config.pluginmanager.getplugin("capturemanager")
     shown = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
     with shown, contextlib.suppress(RuntimeError):
-        locate_binaries()
+        locate_binaries(needed)
 
 
 @pytest.fixture(scope="session")
@@ -96,3 +102,11 @@ def kube_namespace(kube_apiserver: KubeApiServer) -> Iterator[str]:
     assert created.status == 201, created.text
     yield name
     kube_apiserver.request("DELETE", f"/api/v1/namespaces/{name}")
+
+
+@pytest.fixture(scope="session")
+def livekit_server() -> Iterator[LiveKitServer]:
+    """A real livekit-server (built from the pinned module) on free loopback ports."""
+    server = LiveKitServer(locate_binaries(("livekit-server",))["livekit-server"])
+    yield server
+    server.stop()

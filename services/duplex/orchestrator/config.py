@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from duplex.orchestrator.asr import AsrConfig
+from duplex.orchestrator.livekit_tokens import LiveKitConfig
 from duplex.orchestrator.responder import ResponderConfig
 
 
@@ -44,3 +45,5 @@ class OrchestratorConfig(BaseModel):
     responder: ResponderConfig = ResponderConfig()
     turn: TurnConfig = TurnConfig()
     barge_in: BargeInConfig = BargeInConfig()
+    # A LiveKit server for WebRTC clients (room tokens at /api/livekit/token); None: WebSocket.
+    livekit: LiveKitConfig | None = None

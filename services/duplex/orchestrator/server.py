@@ -16,6 +16,7 @@ from duplex.audio.frame import PcmFrame
 from duplex.errors import DuplexError, InvalidInput
 from duplex.orchestrator.asr import WhisperTranscriber
 from duplex.orchestrator.config import OrchestratorConfig
+from duplex.orchestrator.livekit_tokens import require_sdk, token_routes
 from duplex.orchestrator.metrics import OrchestratorMetrics
 from duplex.orchestrator.responder import make_responder
 from duplex.orchestrator.router import (
@@ -83,12 +84,15 @@ class Orchestrator:
         app.router.add_get("/healthz", self._health)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/api/models", self._models)
+        app.router.add_routes(token_routes(self.config.livekit))
         app.router.add_static("/static", WEB_DIR)
         return app
 
     async def start(self) -> None:
         if not self.config.workers and not self.config.redis:
             raise InvalidInput("no TTS workers: give --worker ADDR (repeatable) or --redis URL")
+        if self.config.livekit is not None:
+            require_sdk()
         await self.asr.load()
         await self.router.directory.start()
         self._runner = web.AppRunner(self.app(), access_log=None)

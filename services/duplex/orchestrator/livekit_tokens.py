@@ -1,0 +1,103 @@
+"""Room tokens for LiveKit: the orchestrator's HTTP server hands the page a short-lived JWT.
+
+A LiveKit server admits a participant only with a token signed by one of its API keys, naming
+the room and what the participant may do there. The page asks `POST /api/livekit/token` for
+one; the token is limited to that room and identity, to publishing the microphone and to a
+few minutes, so a leaked token is worth little. Without a LiveKit configuration the endpoint
+answers 404 and the page stays on the WebSocket transport.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from duplex.errors import InvalidInput
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class LiveKitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # The URL browsers (and the agent) connect to, e.g. wss://livekit.example.com.
+    url: str = Field(pattern=r"^(wss?|https?)://")
+    api_key: str = Field(min_length=1)
+    api_secret: str = Field(min_length=1)
+    token_ttl_seconds: int = Field(600, ge=10, le=86400)
+
+
+def issue_token(
+    config: LiveKitConfig, room: str, identity: str, *, ttl: timedelta | None = None
+) -> str:
+    from livekit import api  # the livekit extra; checked by `require_sdk` at start
+
+    grants = api.VideoGrants(
+        room_join=True,
+        room=room,
+        can_publish=True,
+        can_subscribe=True,
+        can_publish_data=True,
+        can_publish_sources=["microphone"],
+    )
+    return (
+        api.AccessToken(config.api_key, config.api_secret)
+        .with_identity(identity)
+        .with_name(identity)
+        .with_grants(grants)
+        .with_ttl(ttl if ttl is not None else timedelta(seconds=config.token_ttl_seconds))
+        .to_jwt()
+    )
+
+
+def require_sdk() -> None:
+    try:
+        import livekit.api  # noqa: F401
+    except ImportError as exc:
+        raise InvalidInput(
+            f"LiveKit is configured but its SDK is missing: pip install 'duplex-voice[livekit]' "
+            f"({exc})"
+        ) from exc
+
+
+def token_routes(config: LiveKitConfig | None) -> list[web.RouteDef]:
+    async def token(request: web.Request) -> web.Response:
+        if config is None:
+            return _error(404, "not_configured", "LiveKit is not configured on this server")
+        body: Any = {}
+        if request.can_read_body:
+            try:
+                body = json.loads(await request.text())
+            except ValueError:
+                return _error(400, "bad_request", "the body must be a JSON object")
+        if not isinstance(body, dict):
+            return _error(400, "bad_request", "the body must be a JSON object")
+        room = body.get("room") or f"duplex-{secrets.token_hex(4)}"
+        identity = body.get("identity") or f"user-{secrets.token_hex(4)}"
+        for field, value in (("room", room), ("identity", identity)):
+            if not isinstance(value, str) or not _NAME.match(value):
+                return _error(
+                    400, "bad_request", f"{field} must be 1-64 letters, digits, '.', '_' or '-'"
+                )
+        return web.json_response(
+            {
+                "url": config.url,
+                "token": issue_token(config, room, identity),
+                "room": room,
+                "identity": identity,
+                "expires_in": config.token_ttl_seconds,
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    return [web.post("/api/livekit/token", token)]
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
