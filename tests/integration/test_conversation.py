@@ -145,7 +145,7 @@ async def test_pause_after_unfinished_clause_does_not_take_the_floor(
             lambda: any(e.get("final") for e in events(conv, "transcript")), 20
         )
         finals = [str(e["text"]).lower() for e in events(conv, "transcript") if e.get("final")]
-        assert len(finals) == 1 and "table" in finals[0] and "people" in finals[0], finals
+        assert len(finals) == 1 and "table" in finals[0] and "people" in finals[0], conv.events
 
 
 async def test_typed_text_and_bad_input(stack: tuple[Worker, Orchestrator]) -> None:

@@ -102,6 +102,11 @@ class ConversationSession:
         self._speech: list[npt.NDArray[np.float32]] = []  # the utterance being spoken
         self._speech_started = 0.0  # monotonic
         self._silence_since: float | None = None  # monotonic, while a turn may be ending
+        # The same moment on the audio clock (VAD seconds). Silence is timed by the audio that
+        # arrived, not by the wall clock: when the loop falls behind on a busy CPU, a backlog
+        # of frames must not read as a pause and end the user's turn mid-sentence.
+        self._silence_audio: float | None = None
+        self._last_frame_at = time.monotonic()
         self._transcript: asyncio.Task[str] | None = None
         self._transcript_len = 0  # samples the running transcription covers
         self._spoken_len = 0  # samples of the utterance up to where its speech ended
@@ -177,6 +182,7 @@ class ConversationSession:
             await self._decide()
 
     async def _hear(self, pcm: bytes) -> None:
+        self._last_frame_at = time.monotonic()
         audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
         audio16 = self._resampler.process(audio)
         if self._speech or self._silence_since is not None:
@@ -203,12 +209,14 @@ class ConversationSession:
             self._speech = list(self._preroll)
             self._speech_started = now
         self._silence_since = None
+        self._silence_audio = None
         if self._machine.state in (State.SPEAKING, State.THINKING) and self._reply is not None:
             await self._soft_pause(now)
 
     def _on_speech_end(self, hangover: float) -> None:
         # Silence began a little before the VAD could tell (its hangover).
         self._silence_since = time.monotonic() - hangover
+        self._silence_audio = self._vad.now - hangover
         self._spoken_len = sum(a.size for a in self._speech) - int(hangover * ASR_RATE)
         self._start_transcript()
 
@@ -246,6 +254,7 @@ class ConversationSession:
                 self._tasks.spawn(self._send_partial(self._transcript), "partial")
             if now - self._speech_started > self._policy.max_turn_seconds:
                 self._silence_since = now
+                self._silence_audio = self._vad.now
             return
         if self._silence_since is None:
             return
@@ -260,7 +269,7 @@ class ConversationSession:
         if not words(text):
             self._reset_utterance()  # noise: nothing was said
             return
-        if now - self._silence_since < required_silence(text, self._policy):
+        if self._silent_for(now) < required_silence(text, self._policy):
             return
         ended_at = self._silence_since
         self._reset_utterance()
@@ -274,9 +283,20 @@ class ConversationSession:
         if text and self._speech:
             self._out.send_event({"type": "transcript", "text": text, "final": False})
 
+    def _silent_for(self, now: float) -> float:
+        if self._silence_since is None:
+            return 0.0
+        if self._silence_audio is None:
+            return now - self._silence_since
+        # A client that stops sending audio (end of a file, a muted tab) still ends its turn:
+        # wall time since its last frame counts once it exceeds one frame's slack.
+        stalled = max(0.0, now - self._last_frame_at - 0.1)
+        return self._vad.now - self._silence_audio + stalled
+
     def _reset_utterance(self) -> None:
         self._speech = []
         self._silence_since = None
+        self._silence_audio = None
         self._transcript = None
         self._transcript_len = 0
         self._spoken_len = 0
