@@ -87,7 +87,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         locate_binaries(needed)
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: an idle control plane (or LiveKit server) left running through
+# the rest of the suite takes CPU from the latency-sensitive conversation tests.
+@pytest.fixture(scope="module")
 def kube_apiserver() -> Iterator[KubeApiServer]:
     """etcd and kube-apiserver on loopback with the project's CRDs; no kubelet, no controllers."""
     with KubeControlPlane() as api:
@@ -104,7 +106,7 @@ def kube_namespace(kube_apiserver: KubeApiServer) -> Iterator[str]:
     kube_apiserver.request("DELETE", f"/api/v1/namespaces/{name}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def livekit_server() -> Iterator[LiveKitServer]:
     """A real livekit-server (built from the pinned module) on free loopback ports."""
     server = LiveKitServer(locate_binaries(("livekit-server",))["livekit-server"])
