@@ -16,7 +16,6 @@ import json
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from types import TracebackType
 from typing import Any
 
 import yaml
+
+from duplex.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "tools" / "build-test-binaries.sh"
@@ -194,7 +195,7 @@ class KubeControlPlane:
         self, binaries: dict[str, Path], run: Path, deadline: float
     ) -> KubeApiServer:
         run.mkdir()
-        etcd_port, peer_port, api_port = _free_ports(3)
+        etcd_port, peer_port, api_port = free_ports(3)
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
         etcd_args = [
@@ -399,18 +400,6 @@ def _supports(binary: Path, flag: str) -> bool:
         [str(binary), "--help"], capture_output=True, text=True, timeout=30, check=False
     )
     return flag in result.stdout + result.stderr
-
-
-def _free_ports(count: int) -> list[int]:
-    # All held open together, so that the ports are distinct.
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _write_rsa_key(path: Path) -> None:

@@ -8,7 +8,6 @@ SDK on this machine can reach it with no STUN server.
 from __future__ import annotations
 
 import secrets
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,16 +17,7 @@ from pathlib import Path
 
 import yaml
 
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+from duplex.ports import free_ports
 
 
 class LiveKitServer:
@@ -37,7 +27,7 @@ class LiveKitServer:
         self.api_key = "duplex"
         # LiveKit wants secrets of at least 32 characters.
         self.api_secret = secrets.token_hex(24)
-        self.port, tcp_port, udp_port = _free_ports(3)
+        self.port, tcp_port, udp_port = free_ports(3)
         self._dir = tempfile.TemporaryDirectory(prefix="livekit-")
         config = {
             "port": self.port,
