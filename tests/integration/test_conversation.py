@@ -129,7 +129,7 @@ async def test_noise_burst_and_backchannel_do_not_end_the_reply(
         conv.say(utterances["Uh-huh."], {})
         await asyncio.sleep(3.0)
         n = len(conv.frames)
-        assert await conv.wait_for(lambda: len(conv.frames) > n + 50, 10), "the reply stopped"
+        assert await conv.wait_for(lambda: len(conv.frames) > n + 50, 10), conv.events
         assert not any(e.get("action") == "flush" for e in events(conv, "playback"))
         assert [e for e in events(conv, "state") if e["state"] == "listening"][1:] == []
 
