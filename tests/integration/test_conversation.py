@@ -39,6 +39,7 @@ async def utterances(stack: tuple[Worker, Orchestrator]) -> dict[str, list[bytes
             "I would like to book a table for",
             "four people please.",
             "Uh-huh.",
+            "Yeah.",
         ],
         "piper-joe",
     )
@@ -127,11 +128,14 @@ async def test_noise_burst_and_backchannel_do_not_end_the_reply(
         conv.say(noise_frames, {})
         await asyncio.sleep(2.0)
         conv.say(utterances["Uh-huh."], {})
+        await asyncio.sleep(2.0)
+        conv.say(utterances["Yeah."], {})
         await asyncio.sleep(3.0)
         n = len(conv.frames)
         assert await conv.wait_for(lambda: len(conv.frames) > n + 50, 10), conv.events
-        assert not any(e.get("action") == "flush" for e in events(conv, "playback"))
-        assert [e for e in events(conv, "state") if e["state"] == "listening"][1:] == []
+        assert not any(e.get("action") == "flush" for e in events(conv, "playback")), conv.events
+        listening = [e for e in events(conv, "state") if e["state"] == "listening"]
+        assert listening[1:] == [], conv.events
 
 
 async def test_pause_after_unfinished_clause_does_not_take_the_floor(

@@ -59,3 +59,29 @@ def test_backchannels(text: str) -> None:
 @pytest.mark.parametrize("text", ["Stop talking", "Yeah but what about the price?", ""])
 def test_not_backchannels(text: str) -> None:
     assert not is_backchannel(text)
+
+
+def test_a_doubtful_last_word_does_not_finish_the_clause() -> None:
+    from duplex.orchestrator.asr import Transcript, Word
+
+    said = "I would like to book a table for".split()
+    made_up = Transcript((*(Word(" " + w, 0.98) for w in said), Word(" it.", 0.4)))
+    assert made_up.text.endswith("for it.")
+    assert made_up.settled(0.5).endswith("table for")
+    assert required_silence(made_up.settled(0.5)) == TurnPolicy().incomplete_silence
+    heard = Transcript(
+        (Word(" What", 0.8), Word(" is", 0.99), Word(" your", 0.99), Word(" name?", 1))
+    )
+    assert heard.settled(0.5) == "What is your name?"
+    # A short answer is never cut down to nothing.
+    assert Transcript((Word("Yes.", 0.3),)).settled(0.5) == "Yes."
+
+
+def test_unclear_words_over_the_bot_are_not_an_interruption() -> None:
+    from duplex.orchestrator.asr import Transcript, Word
+
+    assert Transcript((Word("I'll...", 0.3),)).clear(0.4) == ""
+    assert Transcript((Word(" M", 0.25), Word(" MM.", 0.45))).clear(0.4) == "MM."
+    assert Transcript((Word(" Uh", 0.6), Word("-huh.", 0.5))).text == "Uh-huh."
+    assert is_backchannel("MM.") and is_backchannel("mm hmm")
+    assert Transcript((Word("Stop.", 0.6),)).clear(0.4) == "Stop."

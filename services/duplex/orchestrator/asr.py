@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,57 @@ from duplex.errors import MissingDependency, ModelLoadFailed
 
 PACKAGED = "packaged-tiny.en"
 ASR_RATE = 16_000
+_WINDOW_SAMPLES = 30 * ASR_RATE  # Whisper hears 30 s at a time
+_MAX_TOKENS_PER_SECOND = 8
+_NO_SPEECH = 0.8
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    text: str  # as decoded, with its leading space and punctuation: " table," "-huh."
+    probability: float  # Whisper's confidence in the word (its least likely token)
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    words: tuple[Word, ...] = ()
+
+    @property
+    def text(self) -> str:
+        return _join(self.words)
+
+    def clear(self, min_probability: float) -> str:
+        """Only the words Whisper is reasonably sure of: what a grunt leaves is ''."""
+        return _join(w for w in self.words if w.probability >= min_probability)
+
+    def settled(self, min_probability: float) -> str:
+        """The text without a doubtful last word.
+
+        When the audio stops inside a clause ("a table for"), Whisper tends to finish it
+        with a word that was never said ("… for it."), at low confidence. Judging the end
+        of the turn on that word would take the floor from someone still thinking.
+        """
+        words = list(self.words)
+        if len(words) >= 3 and words[-1].probability < min_probability:
+            words.pop()
+        return _join(words)
+
+
+def _join(words: Iterable[Word]) -> str:
+    return "".join(w.text for w in words).strip()
+
+
+def _is_spoken(tokenizer: Any, token: int) -> bool:
+    return any(c.isalnum() for c in tokenizer.decode([token]))
+
+
+def _token_probabilities(tokens: list[int], logits: list[Any]) -> list[float]:
+    out = []
+    for token, step in zip(tokens, logits, strict=False):
+        row = np.asarray(step, dtype=np.float32)
+        row = np.exp(row - row.max())
+        out.append(float(row[token] / row.sum()))
+    return out + [1.0] * (len(tokens) - len(out))
 
 
 class AsrConfig(BaseModel):
@@ -53,6 +106,7 @@ class WhisperTranscriber:
     def __init__(self, config: AsrConfig) -> None:
         self.config = config
         self._model: Any = None
+        self._tokenizer: Any = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="asr")
         self._load_lock = asyncio.Lock()
 
@@ -85,25 +139,68 @@ class WhisperTranscriber:
                 f"cannot load Whisper model {self.config.model!r}: {exc}"
             ) from exc
 
-    async def transcribe(self, audio: npt.NDArray[np.float32]) -> str:
-        """Text of 16 kHz mono float audio ('' for silence or noise)."""
+    async def transcribe(self, audio: npt.NDArray[np.float32]) -> Transcript:
+        """Words of 16 kHz mono float audio, each with Whisper's confidence (none for silence)."""
         if self._model is None:
             await self.load()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._transcribe_blocking, audio)
 
-    def _transcribe_blocking(self, audio: npt.NDArray[np.float32]) -> str:
-        segments, _info = self._model.transcribe(
-            audio,
-            language=self.config.language or None,
-            beam_size=self.config.beam_size,
-            condition_on_previous_text=False,
-            without_timestamps=True,
-            vad_filter=False,
-        )
-        text = " ".join(s.text.strip() for s in segments if s.no_speech_prob < 0.8)
-        return text.strip()
+    def _transcribe_blocking(self, audio: npt.NDArray[np.float32]) -> Transcript:
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.tokenizer import Tokenizer
+
+        model = self._model
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer(
+                model.hf_tokenizer,
+                model.model.is_multilingual,
+                task="transcribe",
+                language=self.config.language or "en",
+            )
+        tokenizer = self._tokenizer
+        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        words: list[Word] = []
+        # One greedy pass per 30 s window, no temperature fallback: fallback re-decodes by
+        # sampling, which costs time and turns an unclear "uh-huh" into a different random
+        # phrase each time. Utterances are short; a turn is capped near one window.
+        for start in range(0, max(1, audio.size), _WINDOW_SAMPLES):
+            chunk = audio[start : start + _WINDOW_SAMPLES]
+            seconds = chunk.size / ASR_RATE
+            if seconds < 0.1:
+                continue
+            features = pad_or_trim(model.feature_extractor(chunk))
+            result = model.model.generate(
+                model.encode(features),
+                [prompt],
+                beam_size=self.config.beam_size,
+                # Speech runs at a few tokens a second; a bound stops a hallucination loop
+                # ("you you you …") from costing a full 448-token decode.
+                max_length=len(prompt) + int(seconds * _MAX_TOKENS_PER_SECOND) + 8,
+                return_logits_vocab=True,
+                return_no_speech_prob=True,
+                suppress_blank=True,
+                suppress_tokens=[-1],
+            )[0]
+            if result.no_speech_prob >= _NO_SPEECH:
+                continue
+            tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+            probs = _token_probabilities(tokens, result.logits[0])
+            texts, groups = tokenizer.split_to_word_tokens(tokens)
+            i = 0
+            for text, group in zip(texts, groups, strict=True):
+                p = probs[i : i + len(group)]
+                i += len(group)
+                if not text.strip():
+                    continue
+                spoken = [q for t, q in zip(group, p, strict=True) if _is_spoken(tokenizer, t)]
+                if not spoken and words:  # punctuation belongs to the word before it
+                    words[-1] = Word(words[-1].text + text, words[-1].probability)
+                else:
+                    words.append(Word(text, min(spoken or p)))
+        return Transcript(tuple(words))
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._model = None
+        self._tokenizer = None

@@ -23,7 +23,7 @@ import numpy.typing as npt
 from duplex.audio.frame import PcmFrame
 from duplex.audio.resample import StreamResampler
 from duplex.errors import DuplexError, InvalidInput
-from duplex.orchestrator.asr import ASR_RATE, WhisperTranscriber
+from duplex.orchestrator.asr import ASR_RATE, Transcript, WhisperTranscriber
 from duplex.orchestrator.config import OrchestratorConfig
 from duplex.orchestrator.metrics import OrchestratorMetrics
 from duplex.orchestrator.reply import Reply
@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 SUPPORTED_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 _PREROLL_SECONDS = 0.3  # audio kept from before the VAD fired: onsets are detected late
 _HISTORY_TURNS = 20
+# Whisper's confidence below which a last word may be one it made up (see Transcript.settled),
+# and below which a word heard over the bot is too unclear to count as an interruption.
+_DOUBTFUL = 0.5
+_UNCLEAR = 0.4
 
 
 class SessionOutput(Protocol):
@@ -107,7 +111,7 @@ class ConversationSession:
         # of frames must not read as a pause and end the user's turn mid-sentence.
         self._silence_audio: float | None = None
         self._last_frame_at = time.monotonic()
-        self._transcript: asyncio.Task[str] | None = None
+        self._transcript: asyncio.Task[Transcript] | None = None
         self._transcript_len = 0  # samples the running transcription covers
         self._spoken_len = 0  # samples of the utterance up to where its speech ended
         self._history: list[Message] = []
@@ -227,11 +231,11 @@ class ConversationSession:
         self._transcript_len = audio.size
         self._transcript = self._tasks.spawn(self._transcribe(audio), "asr")
 
-    async def _transcribe(self, audio: npt.NDArray[np.float32]) -> str:
+    async def _transcribe(self, audio: npt.NDArray[np.float32]) -> Transcript:
         started = time.monotonic()
-        text = await self._s.asr.transcribe(audio)
+        transcript = await self._s.asr.transcribe(audio)
         self._s.metrics.asr.observe(time.monotonic() - started)
-        return text
+        return transcript
 
     async def _decide(self) -> None:
         """Called every frame (or 50 ms): act on what the listener knows now."""
@@ -265,21 +269,22 @@ class ConversationSession:
         if self._transcript_len < self._spoken_len - ASR_RATE * 0.05:
             self._start_transcript()
             return
-        text = task.result() if not task.cancelled() and task.exception() is None else ""
+        transcript = _result(task)
+        text = transcript.text
         if not words(text):
             self._reset_utterance()  # noise: nothing was said
             return
-        if self._silent_for(now) < required_silence(text, self._policy):
+        if self._silent_for(now) < required_silence(transcript.settled(_DOUBTFUL), self._policy):
             return
         ended_at = self._silence_since
         self._reset_utterance()
         self._out.send_event({"type": "transcript", "text": text, "final": True})
         self._begin_reply(text, ended_at)
 
-    async def _send_partial(self, task: asyncio.Task[str] | None) -> None:
+    async def _send_partial(self, task: asyncio.Task[Transcript] | None) -> None:
         if task is None:
             return
-        text = await task
+        text = (await task).text
         if text and self._speech:
             self._out.send_event({"type": "transcript", "text": text, "final": False})
 
@@ -328,10 +333,12 @@ class ConversationSession:
             if task is None:
                 self._start_transcript()
             return
-        text = task.result() if not task.cancelled() and task.exception() is None else ""
+        transcript = _result(task)
+        # Only words Whisper heard clearly count: on a grunt it guesses ("Oh", "I'll").
+        text = transcript.clear(_UNCLEAR)
         duration = sum(a.size for a in self._speech) / ASR_RATE - _PREROLL_SECONDS
         if duration < cfg.min_speech_seconds or not words(text) or is_backchannel(text):
-            await self._resume_after_false_alarm(text)
+            await self._resume_after_false_alarm(transcript.text)
         else:
             await self._confirm_interruption()
 
@@ -445,3 +452,10 @@ class ConversationSession:
                 async with asyncio.timeout(3):
                     await self._s.pool.get(addr).end_session(sid)
         self._tts_sessions.clear()
+
+
+def _result(task: asyncio.Task[Transcript]) -> Transcript:
+    """What a finished transcription heard; nothing if it failed (logged by its task set)."""
+    if task.cancelled() or task.exception() is not None:
+        return Transcript()
+    return task.result()

@@ -27,7 +27,7 @@ _CONTINUATIONS = frozenset(
 _BACKCHANNELS = frozenset(
     (
         "uh-huh uh huh mhm mm mmm hmm hm yeah yep yes ok okay right sure aha ah oh uhuh"
-        " i see got it cool nice wow alright"
+        " i see got it cool nice wow alright m"
     ).split()
 )
 _QUESTION_START = frozenset(
