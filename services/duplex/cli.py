@@ -264,6 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--preload", action="append", help="more TTS models to load at start")
     demo.add_argument("--llm", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     demo.add_argument("--llm-model", default="gpt-4o-mini", help="model name for --llm")
+    demo.add_argument(
+        "--livekit",
+        nargs="?",
+        const="local",
+        metavar="URL",
+        help="also serve WebRTC through LiveKit: the server at URL, or a local one",
+    )
+    demo.add_argument("--livekit-key", help="API key for --livekit URL (or LIVEKIT_API_KEY)")
+    demo.add_argument(
+        "--livekit-secret", help="API secret for --livekit URL (or LIVEKIT_API_SECRET)"
+    )
     demo.set_defaults(func=cmd_demo)
 
     talk = sub.add_parser("talk", help="talk to an orchestrator from the terminal")

@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import signal
+from collections.abc import Iterator
 
 from duplex.config import load_config
+from duplex.errors import InvalidInput
 from duplex.orchestrator.config import OrchestratorConfig
+from duplex.orchestrator.livekit_tokens import LiveKitConfig
 from duplex.orchestrator.server import Orchestrator
 from duplex.worker.config import WorkerConfig
 from duplex.worker.server import Worker
@@ -36,6 +41,40 @@ def demo_configs(opts: argparse.Namespace) -> tuple[WorkerConfig, OrchestratorCo
     return worker, orchestrator
 
 
+@contextlib.contextmanager
+def livekit(opts: argparse.Namespace) -> Iterator[dict[str, str] | None]:
+    """The LiveKit settings for `--livekit [URL]`: a given server, or a local one started here."""
+    where = getattr(opts, "livekit", None)
+    if where is None:
+        yield None
+        return
+    if where != "local":
+        key = opts.livekit_key or os.environ.get("LIVEKIT_API_KEY")
+        secret = opts.livekit_secret or os.environ.get("LIVEKIT_API_SECRET")
+        if not key or not secret:
+            raise InvalidInput(
+                "--livekit URL needs the server's API key and secret: --livekit-key and "
+                "--livekit-secret, or LIVEKIT_API_KEY and LIVEKIT_API_SECRET"
+            )
+        yield {"url": where, "api_key": key, "api_secret": secret}
+        return
+    from duplex.livekit_server import LiveKitServer, find_binary
+
+    binary = find_binary()
+    if binary is None:
+        raise InvalidInput(
+            "--livekit without a URL starts a local livekit-server, and none was found: put "
+            "one on PATH (https://docs.livekit.io/home/self-hosting/local/) or build it with "
+            "`bash tools/build-test-binaries.sh livekit-server`; or give --livekit URL"
+        )
+    server = LiveKitServer(binary)
+    try:
+        print(f"local LiveKit server on {server.url}", flush=True)
+        yield {"url": server.url, "api_key": server.api_key, "api_secret": server.api_secret}
+    finally:
+        server.stop()
+
+
 async def run_demo(opts: argparse.Namespace) -> int:
     worker_config, orch_config = demo_configs(opts)
     stop = asyncio.Event()
@@ -43,11 +82,26 @@ async def run_demo(opts: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     print("loading models (TTS, Whisper, VAD)…", flush=True)
+    with livekit(opts) as lk:
+        if lk is not None:
+            orch_config = orch_config.model_copy(
+                update={"livekit": orch_config.livekit.model_copy(update=lk)}
+                if orch_config.livekit
+                else {"livekit": LiveKitConfig(**lk)}
+            )
+        await _serve(worker_config, orch_config, stop)
+    return 0
+
+
+async def _serve(
+    worker_config: WorkerConfig, orch_config: OrchestratorConfig, stop: asyncio.Event
+) -> None:
     async with Worker(worker_config) as worker:
         orch_config = orch_config.model_copy(update={"workers": [worker.address]})
         async with Orchestrator(orch_config) as orch:
             host = orch_config.host if orch_config.host not in ("0.0.0.0", "::") else "127.0.0.1"
             print(f"duplex demo ready: open http://{host}:{orch.port}/ and press Start", flush=True)
             print(f"  terminal client: duplex talk --url ws://{host}:{orch.port}/ws", flush=True)
+            if orch.agent is not None and orch_config.livekit is not None:
+                print(f"  WebRTC through LiveKit at {orch_config.livekit.url}", flush=True)
             await stop.wait()
-    return 0

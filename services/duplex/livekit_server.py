@@ -7,7 +7,9 @@ SDK on this machine can reach it with no STUN server.
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 import subprocess
 import tempfile
 import time
@@ -18,6 +20,16 @@ from pathlib import Path
 import yaml
 
 from duplex.ports import free_ports
+
+
+def find_binary() -> Path | None:
+    """`livekit-server` on PATH, else one built by tools/build-test-binaries.sh."""
+    found = shutil.which("livekit-server")
+    if found:
+        return Path(found)
+    cache = Path(os.environ.get("DUPLEX_CACHE") or Path.home() / ".cache" / "duplex") / "bin"
+    built = sorted(cache.glob("livekit-server-v*"))
+    return built[-1] if built else None
 
 
 class LiveKitServer:

@@ -40,6 +40,12 @@ class TaskSet:
     def __len__(self) -> int:
         return len(self._tasks)
 
+    async def __aenter__(self) -> TaskSet:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
     async def aclose(self) -> None:
         self._closed = True
         tasks = list(self._tasks)

@@ -16,7 +16,7 @@ import json
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,14 +83,19 @@ async def synthesise_utterances(texts: list[str], model: str) -> dict[str, list[
 
 @dataclass
 class Conversation:
-    """A WebSocket session with a microphone that sends queued frames or silence."""
+    """A client session with a microphone that sends queued frames or silence.
 
-    ws: aiohttp.ClientWebSocketResponse
+    `send` carries one 20 ms frame of 16 kHz PCM to the transport; the transport's listener
+    fills `frames` (arrival times of reply audio) and `events`, and sets `changed`.
+    """
+
+    send: Callable[[bytes], Awaitable[None]]
     outgoing: asyncio.Queue[tuple[bytes, Callable[[float], None] | None]] = field(
         default_factory=asyncio.Queue
     )
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     frames: list[float] = field(default_factory=list)  # arrival times of reply frames
+    audio: list[bytes] = field(default_factory=list)  # the reply frames: 48 kHz int16
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def mic(self) -> None:
@@ -101,20 +106,20 @@ class Conversation:
                 pcm, mark = self.outgoing.get_nowait()
             except asyncio.QueueEmpty:
                 pcm, mark = SILENCE, None
-            await self.ws.send_bytes(pcm)
+            await self.send(pcm)
             if mark is not None:
                 mark(time.monotonic())
             n += 1
             await asyncio.sleep(max(0.0, t0 + n * 0.02 - time.monotonic()))
 
-    async def listen(self) -> None:
-        async for msg in self.ws:
-            now = time.monotonic()
-            if msg.type == aiohttp.WSMsgType.BINARY:
-                self.frames.append(now)
-            elif msg.type == aiohttp.WSMsgType.TEXT:
-                self.events.append((now, json.loads(msg.data)))
-            self.changed.set()
+    def heard(self, at: float, pcm: bytes) -> None:
+        self.frames.append(at)
+        self.audio.append(pcm)
+        self.changed.set()
+
+    def got(self, at: float, event: dict[str, Any]) -> None:
+        self.events.append((at, event))
+        self.changed.set()
 
     def say(self, frames: list[bytes], marks: dict[int, Callable[[float], None]]) -> None:
         for i, pcm in enumerate(frames):
@@ -142,9 +147,17 @@ async def conversation(url: str, model: str) -> AsyncIterator[Conversation]:
         await ws.send_str(
             json.dumps({"type": "session.start", "sample_rate": SEND_RATE, "model": model})
         )
-        conv = Conversation(ws)
+        conv = Conversation(ws.send_bytes)
+
+        async def listen() -> None:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    conv.heard(time.monotonic(), msg.data)
+                elif msg.type == aiohttp.WSMsgType.TEXT:
+                    conv.got(time.monotonic(), json.loads(msg.data))
+
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(conv.mic()), tg.create_task(conv.listen())]
+            tasks = [tg.create_task(conv.mic()), tg.create_task(listen())]
             try:
                 yield conv
             finally:

@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from duplex.errors import InvalidInput
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# The agent every token dispatches into its room: the orchestrator registers under this name.
+AGENT_NAME = "duplex"
 
 
 class LiveKitConfig(BaseModel):
@@ -31,11 +33,21 @@ class LiveKitConfig(BaseModel):
     api_key: str = Field(min_length=1)
     api_secret: str = Field(min_length=1)
     token_ttl_seconds: int = Field(600, ge=10, le=86400)
+    # Serve rooms as a LiveKit agent (off: only hand out tokens, another agent answers).
+    agent: bool = True
+    # Rooms this process serves at once before the server sends new ones elsewhere.
+    max_rooms: int = Field(20, ge=1)
 
 
 def issue_token(
-    config: LiveKitConfig, room: str, identity: str, *, ttl: timedelta | None = None
+    config: LiveKitConfig,
+    room: str,
+    identity: str,
+    *,
+    ttl: timedelta | None = None,
+    attributes: dict[str, str] | None = None,
 ) -> str:
+    """A participant token for one room; joining it dispatches the duplex agent there."""
     from livekit import api  # the livekit extra; checked by `require_sdk` at start
 
     grants = api.VideoGrants(
@@ -51,6 +63,10 @@ def issue_token(
         .with_identity(identity)
         .with_name(identity)
         .with_grants(grants)
+        .with_attributes(attributes or {})
+        .with_room_config(
+            api.RoomConfiguration(agents=[api.RoomAgentDispatch(agent_name=AGENT_NAME)])
+        )
         .with_ttl(ttl if ttl is not None else timedelta(seconds=config.token_ttl_seconds))
         .to_jwt()
     )
@@ -78,6 +94,14 @@ def token_routes(config: LiveKitConfig | None) -> list[web.RouteDef]:
                 return _error(400, "bad_request", "the body must be a JSON object")
         if not isinstance(body, dict):
             return _error(400, "bad_request", "the body must be a JSON object")
+        attributes = {}
+        for field in ("model", "voice"):
+            value = body.get(field)
+            if value is None or value == "":
+                continue
+            if not isinstance(value, str) or len(value) > 200:
+                return _error(400, "bad_request", f"{field} must be a string")
+            attributes[f"duplex.{field}"] = value
         room = body.get("room") or f"duplex-{secrets.token_hex(4)}"
         identity = body.get("identity") or f"user-{secrets.token_hex(4)}"
         for field, value in (("room", room), ("identity", identity)):
@@ -88,7 +112,7 @@ def token_routes(config: LiveKitConfig | None) -> list[web.RouteDef]:
         return web.json_response(
             {
                 "url": config.url,
-                "token": issue_token(config, room, identity),
+                "token": issue_token(config, room, identity, attributes=attributes),
                 "room": room,
                 "identity": identity,
                 "expires_in": config.token_ttl_seconds,

@@ -7,7 +7,7 @@ import json
 import logging
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -26,7 +26,15 @@ from duplex.orchestrator.router import (
     Router,
     StaticDirectory,
 )
-from duplex.orchestrator.session import ConversationSession, Services, SessionStart
+from duplex.orchestrator.session import (
+    ConversationSession,
+    Services,
+    apply_client_message,
+)
+from duplex.tasks import TaskSet
+
+if TYPE_CHECKING:
+    from duplex.orchestrator.livekit_agent import LiveKitAgent
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +82,8 @@ class Orchestrator:
             config, self.router, self.pool, self.asr, self.responder, self.metrics
         )
         self._runner: web.AppRunner | None = None
-        self._sessions: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("orchestrator")
+        self.agent: LiveKitAgent | None = None
         self.port = config.port
 
     def app(self) -> web.Application:
@@ -102,8 +111,14 @@ class Orchestrator:
         server = site._server
         if isinstance(server, asyncio.Server) and server.sockets:  # port 0: learn the real one
             self.port = server.sockets[0].getsockname()[1]
+        if self.config.livekit is not None and self.config.livekit.agent:
+            from duplex.orchestrator.livekit_agent import LiveKitAgent
+
+            self.agent = LiveKitAgent(self.services, self.config.livekit)
+            self._tasks.spawn(self.agent.run(), "livekit-agent")
 
     async def aclose(self) -> None:
+        await self._tasks.aclose()  # leaves LiveKit rooms: their sessions end
         if self._runner is not None:
             await self._runner.cleanup()  # closes WebSockets: their sessions end
         await self.router.directory.aclose()
@@ -176,11 +191,11 @@ class Orchestrator:
                                 raise InvalidInput("send session.start before audio")
                             session.feed_audio(msg.data)
                         elif msg.type == WSMsgType.TEXT:
-                            started = await self._on_text(msg.data, session)
-                            if started is not None:  # a new session.start replaces the old
+                            start = await apply_client_message(msg.data, session, self.config)
+                            if start is not None:  # a new session.start replaces the old
                                 if runner is not None:
                                     runner.cancel()
-                                session = ConversationSession(self.services, output, started.start)
+                                session = ConversationSession(self.services, output, start)
                                 runner = tg.create_task(session.run(), name="session")
                         elif msg.type == WSMsgType.ERROR:
                             break
@@ -192,33 +207,6 @@ class Orchestrator:
                     runner.cancel()
                 writer.cancel()
         return ws
-
-    async def _on_text(self, data: str, session: ConversationSession | None) -> _Restart | None:
-        try:
-            event = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"malformed JSON: {exc}") from None
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            raise InvalidInput('a text message is a JSON object with a "type"')
-        kind = event["type"]
-        if kind == "session.start":
-            return _Restart(SessionStart.parse(event, self.config))
-        if session is None:
-            raise InvalidInput(f"send session.start before {kind!r}")
-        if kind == "text":
-            await session.submit_text(event.get("text"))  # type: ignore[arg-type]
-        elif kind == "control":
-            await session.control(str(event.get("command")))
-        else:
-            raise InvalidInput(
-                f"unknown message type {kind!r}; valid: session.start, text, control"
-            )
-        return None
-
-
-class _Restart:
-    def __init__(self, start: SessionStart) -> None:
-        self.start = start
 
 
 async def serve(config: OrchestratorConfig) -> None:

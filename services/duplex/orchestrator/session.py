@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -87,6 +88,31 @@ class SessionStart:
             if value is not None and not isinstance(value, str):
                 raise InvalidInput(f"{name} must be a string")
         return cls(int(rate), str(model), voice, language)
+
+
+async def apply_client_message(
+    data: str, session: ConversationSession | None, config: OrchestratorConfig
+) -> SessionStart | None:
+    """Act on one client message (JSON text); a `session.start` is returned for the caller,
+    which owns sessions, to start (replacing the current one)."""
+    try:
+        event = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise InvalidInput('a text message is a JSON object with a "type"')
+    kind = event["type"]
+    if kind == "session.start":
+        return SessionStart.parse(event, config)
+    if session is None:
+        raise InvalidInput(f"send session.start before {kind!r}")
+    if kind == "text":
+        await session.submit_text(event.get("text"))  # type: ignore[arg-type]
+    elif kind == "control":
+        await session.control(str(event.get("command")))
+    else:
+        raise InvalidInput(f"unknown message type {kind!r}; valid: session.start, text, control")
+    return None
 
 
 class ConversationSession:

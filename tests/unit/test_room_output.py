@@ -1,0 +1,47 @@
+"""Barge-in on the LiveKit output: what a pause takes back and a flush throws away."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+from livekit import rtc
+
+from duplex.audio.frame import FRAME_SAMPLES, SAMPLE_RATE, PcmFrame
+from duplex.orchestrator.livekit_agent import RoomOutput
+
+
+def frame(i: int) -> PcmFrame:
+    return PcmFrame.from_samples(np.full(FRAME_SAMPLES, i + 1, np.int16))
+
+
+async def pump(output: RoomOutput, until: Any) -> None:
+    task = asyncio.create_task(output.write_audio())
+    try:
+        async with asyncio.timeout(5):
+            while not until():
+                await asyncio.sleep(0.005)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_pause_takes_back_unsent_frames_and_flush_drops_everything() -> None:
+    source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=200)
+    output = RoomOutput(None, source)  # type: ignore[arg-type]  # events are not sent here
+    try:
+        for i in range(5):
+            output.send_audio(frame(i))
+        await pump(output, lambda: not output._audio)
+        # Nothing consumes the source here: every frame is still queued in the SDK.
+        assert source.queued_duration > 0
+        output.send_event({"type": "playback", "action": "pause"})
+        assert source.queued_duration == 0
+        held = [int(f.samples()[0]) for f in output._audio]
+        assert held and held == list(range(6 - len(held), 6))  # the newest, in order
+        output.send_audio(frame(9))
+        output.send_event({"type": "playback", "action": "flush"})
+        assert not output._audio and source.queued_duration == 0
+    finally:
+        await source.aclose()
