@@ -318,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--url", help="bench a running orchestrator (ws://host:port/ws)")
     bc.add_argument("--model", default="piper-joe", help="TTS model for the bot's replies")
     bc.add_argument("--runs", type=int, default=10, help="turns per measurement")
+    bc.add_argument(
+        "--transports",
+        default="websocket,livekit",
+        help="websocket, livekit or both (LiveKit: a local livekit-server, or --url's)",
+    )
     bc.add_argument("--json", type=Path, help="also write the results as JSON")
     bc.set_defaults(func=cmd_bench_conversation)
     return parser

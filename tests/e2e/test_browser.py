@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from duplex.livekit_server import LiveKitServer
 from duplex.orchestrator.config import OrchestratorConfig
+from duplex.orchestrator.livekit_tokens import LiveKitConfig
 from duplex.orchestrator.server import Orchestrator
 from duplex.rpc.client import TtsClient
 from duplex.worker.config import WorkerConfig
@@ -44,9 +48,52 @@ async def question_wav(worker: Worker, path: Path) -> None:
 async def test_page_completes_a_spoken_turn(
     demo: tuple[Worker, Orchestrator], tmp_path: Path
 ) -> None:
+    worker, orch = demo
+    log = await spoken_turn(worker, orch.port, tmp_path)
+    # No LiveKit on this orchestrator: its token endpoint says 404 and the page uses /ws.
+    assert log["transport"] == "websocket"
+
+
+async def test_page_completes_a_spoken_turn_over_webrtc(
+    demo: tuple[Worker, Orchestrator], livekit_server: LiveKitServer, tmp_path: Path
+) -> None:
+    worker, _ = demo
+    livekit = LiveKitConfig(
+        url=livekit_server.url,
+        api_key=livekit_server.api_key,
+        api_secret=livekit_server.api_secret,
+    )
+    config = OrchestratorConfig(port=0, workers=[worker.address], livekit=livekit)
+    async with Orchestrator(config) as orch:
+        assert orch.agent is not None
+        async with asyncio.timeout(30):
+            await orch.agent.registered.wait()
+        log = await spoken_turn(worker, orch.port, tmp_path)
+        assert log["transport"] == "livekit"
+        assert orch.agent.served >= 1
+
+
+async def test_page_falls_back_to_the_websocket_when_livekit_is_unreachable(
+    demo: tuple[Worker, Orchestrator], tmp_path: Path
+) -> None:
+    worker, _ = demo
+    from duplex.ports import free_ports
+
+    (port,) = free_ports(1)  # nothing listens there
+    livekit = LiveKitConfig(
+        url=f"ws://127.0.0.1:{port}", api_key="duplex", api_secret="s" * 48, agent=False
+    )
+    config = OrchestratorConfig(port=0, workers=[worker.address], livekit=livekit)
+    async with Orchestrator(config) as orch:
+        log = await spoken_turn(worker, orch.port, tmp_path)
+    assert log["transport"] == "websocket"
+
+
+async def spoken_turn(worker: Worker, port: int, tmp_path: Path) -> dict[str, Any]:
+    """Load the page with a fake microphone asking a question; check the turn completes."""
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
     from playwright.async_api import async_playwright
 
-    worker, orch = demo
     wav = tmp_path / "question.wav"
     await question_wav(worker, wav)
     async with async_playwright() as pw:
@@ -69,21 +116,53 @@ async def test_page_completes_a_spoken_turn(
         try:
             page = await browser.new_page()
             errors: list[str] = []
+            console: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            await page.goto(f"http://127.0.0.1:{orch.port}/?autostart=1")
-            await page.wait_for_function(
-                """() => window.duplex && window.duplex.log.some(
-                       e => e.type === 'transcript' && e.final)""",
-                timeout=30_000,
-            )
-            await page.wait_for_function("() => window.duplex.framesPlayed > 25", timeout=30_000)
+            page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+            await page.goto(f"http://127.0.0.1:{port}/?autostart=1")
+            try:
+                await page.wait_for_function(
+                    """() => window.duplex && window.duplex.log.some(
+                           e => e.type === 'transcript' && e.final)""",
+                    timeout=30_000,
+                )
+                await page.wait_for_function(
+                    "() => window.duplex.framesPlayed > 25", timeout=30_000
+                )
+            except PlaywrightTimeout:
+                log = await page.evaluate("window.duplex && window.duplex.log")
+                seen = await page.evaluate(
+                    """() => ({page: document.getElementById('log').innerText,
+                               state: window.duplex.state,
+                               received: window.duplex.framesReceived,
+                               played: window.duplex.framesPlayed,
+                               elements: [...document.querySelectorAll('audio')].map(
+                                 a => ({paused: a.paused, muted: a.muted, volume: a.volume,
+                                        track: a.srcObject && a.srcObject.getAudioTracks()
+                                          .map(t => [t.readyState, t.muted, t.enabled])}))})"""
+                )
+                stats = await page.evaluate(
+                    """async () => { const r = window.duplex.room; const out = [];
+                    if (!r) return out;
+                    for (const p of r.remoteParticipants.values())
+                      for (const pub of p.trackPublications.values())
+                        if (pub.track) { const st = await pub.track.getRTCStatsReport();
+                          st.forEach(v => { if (v.type === 'inbound-rtp') out.push({
+                            pk: v.packetsReceived, lvl: v.audioLevel, e: v.totalAudioEnergy,
+                            conceal: v.concealedSamples, n: v.totalSamplesReceived}); }); }
+                    return out; }"""
+                )
+                tail = console[-30:]
+                raise AssertionError(f"{seen} {stats}\nlog: {log}\nconsole: {tail}") from None
             log = await page.evaluate("window.duplex.log")
             finals = [e["text"].lower() for e in log if e["type"] == "transcript" and e["final"]]
             assert "name" in finals[0]
             assert any(e["type"] == "reply" and "duplex" in e["text"].lower() for e in log)
             states = [e["state"] for e in log if e["type"] == "state"]
             assert "speaking" in states
-            await page.screenshot(path=str(tmp_path / "demo.png"))
+            transport = await page.evaluate("window.duplex.transport")
+            await page.screenshot(path=str(tmp_path / f"demo-{transport}.png"))
             assert errors == []
+            return {"transport": transport, "events": log}
         finally:
             await browser.close()

@@ -1,7 +1,8 @@
 """`duplex bench conversation`: voice-to-voice, barge-in and false barge-in, at the client.
 
-Drives real sessions over WebSocket with utterances synthesised by the project's own TTS,
-sent in real time as a microphone would, and times what the client receives:
+Drives real sessions over WebSocket and, when a LiveKit server is at hand, over WebRTC through
+LiveKit (side by side, against the same orchestrator), with utterances synthesised by the
+project's own TTS, sent in real time as a microphone would, and times what the client receives:
 - voice-to-voice: end of the user's speech → first reply frame received;
 - barge-in: onset of interrupting speech in the client's stream → last reply frame received;
 - false barge-in recovery: a 200 ms noise burst during a reply → the reply goes on.
@@ -165,11 +166,12 @@ async def conversation(url: str, model: str) -> AsyncIterator[Conversation]:
                     task.cancel()
 
 
-async def voice_to_voice(
-    url: str, model: str, utt: dict[str, list[bytes]], runs: int
-) -> list[float]:
+Connect = Callable[[], contextlib.AbstractAsyncContextManager[Conversation]]
+
+
+async def voice_to_voice(connect: Connect, utt: dict[str, list[bytes]], runs: int) -> list[float]:
     out = []
-    async with conversation(url, model) as conv:
+    async with connect() as conv:
         for i in range(runs):
             frames = utt[QUESTIONS[i % len(QUESTIONS)]]
             _, end = speech_bounds(frames)
@@ -185,10 +187,10 @@ async def voice_to_voice(
     return out
 
 
-async def barge_in(url: str, model: str, utt: dict[str, list[bytes]], runs: int) -> list[float]:
+async def barge_in(connect: Connect, utt: dict[str, list[bytes]], runs: int) -> list[float]:
     out = []
     for _ in range(runs):
-        async with conversation(url, model) as conv:
+        async with connect() as conv:
             conv.say(utt[LONG_REQUEST], {})
             await conv.wait_for(lambda: len(conv.frames) > 100, 20)  # 2 s into the reply
             frames = utt[INTERRUPTION]
@@ -202,13 +204,11 @@ async def barge_in(url: str, model: str, utt: dict[str, list[bytes]], runs: int)
     return out
 
 
-async def false_barge_in(
-    url: str, model: str, utt: dict[str, list[bytes]], runs: int
-) -> list[bool]:
+async def false_barge_in(connect: Connect, utt: dict[str, list[bytes]], runs: int) -> list[bool]:
     rng = np.random.default_rng(3)
     out = []
     for _ in range(runs):
-        async with conversation(url, model) as conv:
+        async with connect() as conv:
             conv.say(utt[LONG_REQUEST], {})
             await conv.wait_for(lambda: len(conv.frames) > 75, 20)
             noise = (rng.normal(0, 0.1, int(0.2 * SEND_RATE))).astype(np.float32)
@@ -225,14 +225,15 @@ async def false_barge_in(
 
 
 @contextlib.contextmanager
-def _demo_process(model: str) -> Any:
+def _demo_process(model: str, livekit: bool) -> Any:
     import subprocess
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    args = [sys.executable, "-m", "duplex.cli", "demo", "--port", str(port), "--model", model]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "duplex.cli", "demo", "--port", str(port), "--model", model],
+        args + (["--livekit"] if livekit else []),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -252,41 +253,94 @@ def _demo_process(model: str) -> Any:
             proc.stdout.close()
 
 
+def _livekit_connect(http: str, model: str) -> Connect:
+    from duplex.bench.livekit_client import livekit_conversation, room_token
+
+    @contextlib.asynccontextmanager
+    async def connect() -> AsyncIterator[Conversation]:
+        grant = await room_token(http, model=model)  # a fresh room each time
+        async with livekit_conversation(grant["url"], grant["token"]) as conv:
+            # Joining, dispatch and subscription take a moment: measure from a live call.
+            await conv.wait_for(lambda: any(e["type"] == "state" for _, e in conv.events), 30)
+            yield conv
+
+    return connect
+
+
+async def _livekit_available(http: str) -> bool:
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{http}/api/livekit/token", json={}) as resp,
+        ):
+            return resp.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
 async def run_conversation_bench(opts: argparse.Namespace) -> int:
+    from duplex.livekit_server import find_binary
+
+    transports = [t.strip() for t in opts.transports.split(",") if t.strip()]
+    unknown = set(transports) - {"websocket", "livekit"}
+    if unknown:
+        print(
+            f"unknown transport {', '.join(sorted(unknown))}: websocket, livekit", file=sys.stderr
+        )
+        return 2
+    want_livekit = "livekit" in transports
+    if want_livekit and not opts.url and find_binary() is None:
+        print("· no livekit-server binary: measuring the WebSocket only", file=sys.stderr)
+        want_livekit = False
     print("· synthesising utterances", file=sys.stderr, flush=True)
     utt = await synthesise_utterances([*QUESTIONS, INTERRUPTION, LONG_REQUEST], "piper-joe")
+    rows: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
-        url = opts.url or stack.enter_context(_demo_process(opts.model))
-        print("· voice-to-voice", file=sys.stderr, flush=True)
-        v2v = await voice_to_voice(url, opts.model, utt, opts.runs)
-        print("· barge-in", file=sys.stderr, flush=True)
-        barge = await barge_in(url, opts.model, utt, opts.runs)
-        print("· false barge-in", file=sys.stderr, flush=True)
-        recovered = await false_barge_in(url, opts.model, utt, opts.runs)
-    results = {
-        "transport": "websocket",
-        "voice_to_voice_s": p50_p95(v2v),
-        "barge_in_s": p50_p95(barge),
-        "false_barge_in_recovery": sum(recovered) / max(1, len(recovered)),
-        "runs": opts.runs,
-    }
+        url = opts.url or stack.enter_context(_demo_process(opts.model, want_livekit))
+        http = "http" + url.removeprefix("ws").removesuffix("/ws")
+        connects: list[tuple[str, Connect]] = []
+        if "websocket" in transports:
+            connects.append(("websocket", lambda: conversation(url, opts.model)))
+        if want_livekit:
+            if await _livekit_available(http):
+                connects.append(("livekit", _livekit_connect(http, opts.model)))
+            else:
+                print("· the orchestrator has no LiveKit configured", file=sys.stderr)
+        for name, connect in connects:
+            print(f"· {name}: voice-to-voice", file=sys.stderr, flush=True)
+            v2v = await voice_to_voice(connect, utt, opts.runs)
+            print(f"· {name}: barge-in", file=sys.stderr, flush=True)
+            barge = await barge_in(connect, utt, opts.runs)
+            print(f"· {name}: false barge-in", file=sys.stderr, flush=True)
+            recovered = await false_barge_in(connect, utt, opts.runs)
+            rows.append(
+                {
+                    "transport": name,
+                    "voice_to_voice_s": p50_p95(v2v),
+                    "barge_in_s": p50_p95(barge),
+                    "false_barge_in_recovery": sum(recovered) / max(1, len(recovered)),
+                    "runs": opts.runs,
+                }
+            )
     print(
         table(
             ["transport", "v2v p50", "v2v p95", "barge-in p50", "barge-in p95", "recovery"],
             [
                 [
-                    "websocket",
-                    ms(results["voice_to_voice_s"]["p50"]),
-                    ms(results["voice_to_voice_s"]["p95"]),
-                    ms(results["barge_in_s"]["p50"]),
-                    ms(results["barge_in_s"]["p95"]),
-                    f"{results['false_barge_in_recovery'] * 100:.0f} %",
+                    r["transport"],
+                    ms(r["voice_to_voice_s"]["p50"]),
+                    ms(r["voice_to_voice_s"]["p95"]),
+                    ms(r["barge_in_s"]["p50"]),
+                    ms(r["barge_in_s"]["p95"]),
+                    f"{r['false_barge_in_recovery'] * 100:.0f} %",
                 ]
+                for r in rows
             ],
         )
-        + "\n(ms; recovery = 200 ms noise bursts after which the reply went on)"
+        + "\n(ms, at the receiving client; recovery = 200 ms noise bursts after which the reply"
+        " went on)"
     )
     if opts.json:
-        text = json.dumps({"conversation": results}, indent=2)
+        text = json.dumps({"conversation": rows}, indent=2)
         await asyncio.to_thread(Path(opts.json).write_text, text)
     return 0

@@ -135,7 +135,7 @@ def _print_event(event: dict[str, Any]) -> None:
 
 async def talk_live(url: str, model: str | None, voice: str | None) -> None:
     try:
-        import sounddevice as sd  # type: ignore[import-not-found]
+        import sounddevice as sd
     except (ImportError, OSError) as exc:
         raise SystemExit(
             f"microphone mode needs sounddevice and a sound device ({exc}); "

@@ -1,8 +1,14 @@
-// app.js — duplex browser client (ES module, no dependencies).
+// app.js — duplex browser client (ES module).
 //
-// Flow: Start → AudioContext (48 kHz when allowed) → worklets → mic → WebSocket /ws.
-// Mic audio goes out as 20 ms int16 binary frames; 48 kHz int16 frames that come
-// back go to the playback worklet's ring buffer; JSON events drive the UI.
+// Flow: Start → AudioContext (48 kHz when allowed) → worklets → mic → a transport:
+// - WebRTC through LiveKit when the server hands out room tokens (/api/livekit/token):
+//   the mic is published as a track, the agent's reply arrives as a track, and JSON
+//   events travel on the data channel (topic "duplex"). livekit-client is loaded only
+//   then, from the bundled vendor/livekit-client.mjs.
+// - otherwise (or when LiveKit fails) the WebSocket /ws: mic audio goes out as 20 ms
+//   int16 binary frames; 48 kHz int16 frames that come back go to the playback
+//   worklet's ring buffer.
+// JSON events drive the UI either way. ?transport=ws|livekit forces one.
 // window.duplex exposes live state for browser tests (see bottom of file).
 
 const $ = (id) => document.getElementById(id);
@@ -35,8 +41,11 @@ const S = {
   state: 'idle', // idle | connecting | listening | thinking | speaking | barged_in
   starting: false,
   running: false, // audio graph is up (mic may still be missing)
-  connected: false, // WebSocket open
+  connected: false, // WebSocket open, or LiveKit room joined
+  transport: null, // 'websocket' | 'livekit'
   ws: null,
+  room: null, // LiveKit Room
+  remote: [], // LiveKit: the agent's audio element and its meter
   ctx: null,
   forcedRate: false, // ctx was created with sampleRate 48000
   mic: null,
@@ -85,7 +94,8 @@ function setState(state) {
 
 function setConn(conn) {
   ui.conn.dataset.conn = conn;
-  ui.conn.textContent = conn;
+  const via = S.transport === 'livekit' ? 'WebRTC' : 'WebSocket';
+  ui.conn.textContent = conn === 'offline' ? conn : `${conn} · ${via}`;
 }
 
 function updateControls() {
@@ -374,6 +384,7 @@ async function startAudio() {
 function onCaptureChunk(data) {
   if (!data || !data.pcm) return;
   ui.micLevel.style.width = `${Math.min(100, Math.round(Math.sqrt(data.peak || 0) * 100))}%`;
+  if (S.transport !== 'websocket') return; // LiveKit carries the mic track itself
   const ws = S.ws;
   if (!ws || ws.readyState !== WebSocket.OPEN) return;
   // If the socket is backed up (>~1 s of audio), drop: stale speech is worse than a gap.
@@ -384,7 +395,10 @@ function onCaptureChunk(data) {
 
 function onPlaybackMessage(m) {
   if (!m) return;
-  if (typeof m.framesPlayed === 'number') S.framesPlayed = S.framesPlayedBase + m.framesPlayed;
+  // Over LiveKit the worklet plays nothing; the agent's track is metered in playRemote.
+  if (typeof m.framesPlayed === 'number' && S.transport === 'websocket') {
+    S.framesPlayed = S.framesPlayedBase + m.framesPlayed;
+  }
   if (typeof m.bufferedMs === 'number') S.bufferedMs = m.bufferedMs;
   if (typeof m.dropped === 'number') S.dropped = m.dropped;
   if (m.type === 'started' && S.finalAt != null) {
@@ -398,6 +412,128 @@ function onPlaybackMessage(m) {
 
 function playback(cmd) {
   if (S.playbackNode) S.playbackNode.port.postMessage({ cmd });
+}
+
+// ---------------------------------------------------------------- transports
+
+async function connect() {
+  const wanted = params.get('transport');
+  if (wanted !== 'ws' && wanted !== 'websocket') {
+    try {
+      if (await joinRoom()) return;
+    } catch (err) {
+      leaveRoom();
+      sysMsg(`WebRTC unavailable (${err && err.message ? err.message : err}); using the WebSocket.`, 'warn');
+    }
+  }
+  S.transport = 'websocket';
+  openSocket();
+}
+
+// ---------------------------------------------------------------- LiveKit
+
+// Joins a room with a token from the orchestrator; false when it hands out none (404).
+async function joinRoom() {
+  const body = { model: ui.modelSel.value || null, voice: ui.voiceSel.value || null };
+  const r = await fetch('/api/livekit/token', {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  if (r.status === 404) return false;
+  const grant = await r.json();
+  if (!r.ok) throw new Error(grant?.error?.message || `token: HTTP ${r.status}`);
+
+  const { Room, RoomEvent, Track } = await import('./vendor/livekit-client.mjs');
+  const room = new Room({ adaptiveStream: false, dynacast: false });
+  S.room = room;
+  S.transport = 'livekit';
+  S.sessionId = null;
+  setConn('connecting');
+  room.on(RoomEvent.DataReceived, (payload, _participant, _kind, topic) => {
+    if (room !== S.room || topic !== 'duplex') return;
+    onJson(new TextDecoder().decode(payload));
+  });
+  room.on(RoomEvent.TrackSubscribed, (track) => {
+    if (room === S.room && track.kind === Track.Kind.Audio) playRemote(track);
+  });
+  let joined = false; // until then a failure rejects connect() and connect() falls back
+  room.on(RoomEvent.Disconnected, () => {
+    if (room !== S.room || !joined) return;
+    S.room = null;
+    S.connected = false;
+    sysMsg('Left the room.', 'warn');
+    ui.startBtn.dataset.reconnect = 'true';
+    teardown();
+  });
+  // Fail fast to the WebSocket when the LiveKit server is out of reach (UDP blocked, down).
+  const connecting = room.connect(grant.url, grant.token, {
+    maxRetries: 0,
+    websocketTimeout: 5000,
+    peerConnectionTimeout: 8000,
+  });
+  let timer;
+  const deadline = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error('LiveKit did not answer in 10 s')), 10000);
+  });
+  try {
+    await Promise.race([connecting, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+  if (S.mic) {
+    const [mic] = S.mic.getAudioTracks();
+    await room.localParticipant.publishTrack(mic, { source: Track.Source.Microphone, name: 'microphone' });
+  }
+  joined = true;
+  S.connected = true;
+  setConn('connected');
+  updateControls();
+  return true;
+}
+
+// The agent's track plays through an audio element; what arrives is metered from the
+// receiver's statistics: every 20 ms with sound counts as a frame played, as on the
+// WebSocket.
+function playRemote(track) {
+  const el = track.attach();
+  el.dataset.duplex = 'reply';
+  document.body.appendChild(el);
+  let last = null;
+  const timer = setInterval(async () => {
+    let report;
+    try {
+      report = await track.getRTCStatsReport();
+    } catch {
+      return;
+    }
+    report?.forEach((v) => {
+      if (v.type !== 'inbound-rtp' || typeof v.totalSamplesDuration !== 'number') return;
+      if (last) {
+        const frames = Math.round((v.totalSamplesDuration - last.totalSamplesDuration) * 50);
+        S.framesReceived += frames;
+        // A level above about -40 dBFS: speech, not silence or comfort noise.
+        if (frames > 0 && (v.audioLevel || 0) > 0.01) {
+          if (S.finalAt != null) onPlaybackMessage({ type: 'started' });
+          S.framesPlayed += frames;
+        }
+        renderStats();
+      }
+      last = v;
+    });
+  }, 100);
+  S.remote.push(el, { stop: () => clearInterval(timer) });
+}
+
+function leaveRoom() {
+  const room = S.room;
+  S.room = null;
+  for (const item of S.remote) {
+    if (item instanceof HTMLMediaElement) item.remove();
+    else item.stop();
+  }
+  S.remote = [];
+  if (room) room.disconnect().catch(() => {});
 }
 
 // ---------------------------------------------------------------- WebSocket
@@ -560,6 +696,14 @@ function onReply(msg) {
 }
 
 function sendJson(obj) {
+  if (S.transport === 'livekit') {
+    if (!S.room || !S.connected) return false;
+    const data = new TextEncoder().encode(JSON.stringify(obj));
+    S.room.localParticipant.publishData(data, { reliable: true, topic: 'duplex' }).catch((err) => {
+      sysMsg(`Could not send: ${err && err.message ? err.message : err}`, 'warn');
+    });
+    return true;
+  }
   const ws = S.ws;
   if (!ws || ws.readyState !== WebSocket.OPEN) return false;
   ws.send(JSON.stringify(obj));
@@ -577,7 +721,7 @@ async function start() {
   try {
     await startAudio();
     S.running = true;
-    openSocket();
+    await connect();
   } catch (err) {
     sysMsg(`Could not start: ${err && err.message ? err.message : err}`, 'error');
     await teardown();
@@ -589,6 +733,7 @@ async function start() {
 }
 
 async function stop() {
+  leaveRoom();
   const ws = S.ws;
   S.ws = null; // detach first so its close event is ignored
   if (ws) {
@@ -626,6 +771,7 @@ async function teardown() {
     }
   }
   if (S.mic) for (const t of S.mic.getTracks()) t.stop();
+  leaveRoom();
   const ctx = S.ctx;
   S.micSource = S.captureNode = S.sink = S.playbackNode = S.mic = null;
   S.ctx = null;
@@ -647,6 +793,16 @@ async function teardown() {
 // Switch model/voice/language mid-call: new WebSocket session, same audio graph.
 function restartSession() {
   if (!S.running) return;
+  if (S.transport === 'livekit') {
+    // The agent replaces its session in place; the room and the tracks stay.
+    S.paused = false;
+    S.finalAt = null;
+    closeBotBubble(true);
+    S.cutBubble = null;
+    sysMsg(`Switching to ${ui.modelSel.value || 'default model'}${ui.voiceSel.value ? ` / ${ui.voiceSel.value}` : ''}…`);
+    sendJson(sessionStartMessage());
+    return;
+  }
   const old = S.ws;
   S.ws = null;
   if (old) {
@@ -738,6 +894,8 @@ window.duplex = {
   get framesReceived() { return S.framesReceived; },
   get framesSent() { return S.framesSent; },
   get connected() { return S.connected; },
+  get transport() { return S.transport; },
+  get room() { return S.room; },
   get running() { return S.running; },
   get sessionId() { return S.sessionId; },
   get model() { return S.model; },
