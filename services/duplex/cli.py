@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import uuid
 from collections.abc import Sequence
@@ -131,9 +132,11 @@ def cmd_models(opts: argparse.Namespace) -> int:
 
 def _orchestrator_config(opts: argparse.Namespace, **extra: object) -> object:
     from duplex.config import load_config
+    from duplex.errors import InvalidInput
     from duplex.orchestrator.config import OrchestratorConfig
+    from duplex.orchestrator.livekit_tokens import LiveKitConfig
 
-    return load_config(
+    config = load_config(
         OrchestratorConfig,
         opts.config,
         overrides={
@@ -145,6 +148,25 @@ def _orchestrator_config(opts: argparse.Namespace, **extra: object) -> object:
             **extra,
         },
     )
+    flags = {
+        "url": getattr(opts, "livekit_url", None),
+        "agent_url": getattr(opts, "livekit_agent_url", None),
+        "api_key": getattr(opts, "livekit_key", None) or os.environ.get("LIVEKIT_API_KEY"),
+        "api_secret": (
+            getattr(opts, "livekit_secret", None) or os.environ.get("LIVEKIT_API_SECRET")
+        ),
+    }
+    if config.livekit is None and flags["url"] is None:
+        return config  # LiveKit keys in the environment alone do not switch it on
+    merged = {
+        **(config.livekit.model_dump() if config.livekit else {}),
+        **{k: v for k, v in flags.items() if v},
+    }
+    try:
+        livekit = LiveKitConfig.model_validate(merged)
+    except ValueError as exc:
+        raise InvalidInput(f"invalid LiveKit settings: {exc}") from exc
+    return config.model_copy(update={"livekit": livekit})
 
 
 def cmd_orchestrator(opts: argparse.Namespace) -> int:
@@ -254,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     orch.add_argument("--worker", action="append", help="TTS worker host:port (repeatable)")
     orch.add_argument("--redis", help="discover workers in Redis instead")
     orch.add_argument("--model", help="default TTS model")
+    orch.add_argument("--livekit-url", help="LiveKit server URL browsers join (WebRTC)")
+    orch.add_argument(
+        "--livekit-agent-url", help="where the agent reaches that server (default: the same)"
+    )
+    orch.add_argument("--livekit-key", help="LiveKit API key (or LIVEKIT_API_KEY)")
+    orch.add_argument("--livekit-secret", help="LiveKit API secret (or LIVEKIT_API_SECRET)")
     orch.set_defaults(func=cmd_orchestrator)
 
     demo = sub.add_parser("demo", help="worker + orchestrator + web page on this machine")

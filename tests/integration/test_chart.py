@@ -51,6 +51,7 @@ VALUE_SETS: dict[str, list[str]] = {
         "livekit.enabled=true",
         "livekit.apiKey=devkey",
         "livekit.apiSecret=0123456789abcdef0123456789abcdef",
+        "livekit.publicUrl=wss://livekit.example.com",
         "prometheus.annotations=false",
         "imagePullSecrets[0].name=registry",
         "operator.workerImageOverride=duplex-dev:dev",
@@ -270,6 +271,38 @@ def test_orchestrator_command_line_service_and_probes(helm: Path, tmp_path: Path
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == "8080"
     assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_orchestrator_serves_livekit_rooms_when_it_has_a_public_url(helm: Path) -> None:
+    from duplex.cli import _orchestrator_config
+
+    base = ["livekit.enabled=true", "livekit.existingSecret=lk-keys"]
+    # Without a URL browsers can reach, the server runs but the orchestrator stays on /ws.
+    plain = container(find(render(helm, "voice", base), "Deployment", f"{RELEASE}-orchestrator"))
+    assert not any(a.startswith("--livekit") for a in plain["args"])
+    objects = render(helm, "voice", [*base, "livekit.publicUrl=wss://lk.example.com"])
+    main = container(find(objects, "Deployment", f"{RELEASE}-orchestrator"))
+    opts = build_parser().parse_args(main["args"])
+    assert opts.livekit_url == "wss://lk.example.com"
+    # The agent reaches the server through its Service, which the chart names so.
+    service = find(objects, "Service", f"{RELEASE}-livekit")
+    port = service["spec"]["ports"][0]["port"]
+    assert opts.livekit_agent_url == f"ws://{RELEASE}-livekit:{port}"
+    keys = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in main["env"]}
+    assert keys["LIVEKIT_API_KEY"] == {"name": "lk-keys", "key": "api-key"}
+    assert keys["LIVEKIT_API_SECRET"] == {"name": "lk-keys", "key": "api-secret"}
+    opts.config = None
+    env = {"LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s" * 32}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        config = _orchestrator_config(opts)
+    livekit = config.livekit  # type: ignore[attr-defined]
+    assert (livekit.url, livekit.agent_url, livekit.api_key) == (
+        "wss://lk.example.com",
+        f"ws://{RELEASE}-livekit:{port}",
+        "k",
+    )
 
 
 def test_gpu_pool_renders_with_its_toleration_and_node_selector(helm: Path, tmp_path: Path) -> None:

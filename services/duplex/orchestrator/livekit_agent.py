@@ -126,6 +126,7 @@ class LiveKitAgent:
     def __init__(self, services: Services, config: LiveKitConfig) -> None:
         self._s = services
         self._config = config
+        self._url = config.agent_url or config.url
         self._loop = asyncio.get_running_loop()
         self._rooms: set[asyncio.Task[None]] = set()
         self.registered = asyncio.Event()
@@ -136,7 +137,7 @@ class LiveKitAgent:
         from livekit.agents import AgentServer, JobExecutorType
 
         server = AgentServer(
-            ws_url=self._config.url,
+            ws_url=self._url,
             api_key=self._config.api_key,
             api_secret=self._config.api_secret,
             # Jobs only hand over a room name; the work happens on this loop.
@@ -205,7 +206,7 @@ class LiveKitAgent:
     async def serve_room(self, room_name: str, job_id: str) -> None:
         room = rtc.Room()
         identity = f"agent-{job_id or secrets.token_hex(4)}"
-        await room.connect(self._config.url, self._token(room_name, identity))
+        await room.connect(self._url, self._token(room_name, identity))
         self.served += 1
         source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=_SOURCE_QUEUE_MS)
         try:

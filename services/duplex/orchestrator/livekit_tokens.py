@@ -30,6 +30,9 @@ class LiveKitConfig(BaseModel):
 
     # The URL browsers (and the agent) connect to, e.g. wss://livekit.example.com.
     url: str = Field(pattern=r"^(wss?|https?)://")
+    # Where the agent itself connects, when that differs from the browsers' URL (in a
+    # cluster: the LiveKit Service's address). Default: url.
+    agent_url: str | None = Field(None, pattern=r"^(wss?|https?)://")
     api_key: str = Field(min_length=1)
     api_secret: str = Field(min_length=1)
     token_ttl_seconds: int = Field(600, ge=10, le=86400)
