@@ -63,18 +63,25 @@ def test_not_backchannels(text: str) -> None:
 
 def test_a_doubtful_last_word_does_not_finish_the_clause() -> None:
     from duplex.orchestrator.asr import Transcript, Word
+    from duplex.orchestrator.turn import transcript_silence
 
-    said = "I would like to book a table for".split()
-    made_up = Transcript((*(Word(" " + w, 0.98) for w in said), Word(" it.", 0.4)))
+    def heard(*words: tuple[str, float]) -> Transcript:
+        return Transcript(tuple(Word(" " + w, p) for w, p in words))
+
+    said = [(w, 0.98) for w in "I would like to book a table for".split()]
+    made_up = heard(*said, ("it.", 0.68))
     assert made_up.text.endswith("for it.")
-    assert made_up.settled(0.5).endswith("table for")
-    assert required_silence(made_up.settled(0.5)) == TurnPolicy().incomplete_silence
-    heard = Transcript(
-        (Word(" What", 0.8), Word(" is", 0.99), Word(" your", 0.99), Word(" name?", 1))
-    )
-    assert heard.settled(0.5) == "What is your name?"
+    assert made_up.settled(0.8).endswith("table for")
+    assert transcript_silence(made_up) == TurnPolicy().incomplete_silence
+    # The same word, sure: the sentence is finished.
+    assert transcript_silence(heard(*said, ("it.", 0.97))) == TurnPolicy().min_silence
+    # A doubtful word that closes nothing open changes nothing.
+    polite = heard(("four", 0.9), ("people", 0.95), ("please.", 0.55))
+    assert transcript_silence(polite) == required_silence("four people please.")
+    question = heard(("What", 0.8), ("is", 0.99), ("your", 0.99), ("name?", 1))
+    assert transcript_silence(question) == TurnPolicy().min_silence
     # A short answer is never cut down to nothing.
-    assert Transcript((Word("Yes.", 0.3),)).settled(0.5) == "Yes."
+    assert Transcript((Word("Yes.", 0.3),)).settled(0.8) == "Yes."
 
 
 def test_unclear_words_over_the_bot_are_not_an_interruption() -> None:

@@ -46,12 +46,7 @@ class Transcript:
         return _join(w for w in self.words if w.probability >= min_probability)
 
     def settled(self, min_probability: float) -> str:
-        """The text without a doubtful last word.
-
-        When the audio stops inside a clause ("a table for"), Whisper tends to finish it
-        with a word that was never said ("… for it."), at low confidence. Judging the end
-        of the turn on that word would take the floor from someone still thinking.
-        """
+        """The text without its last word if Whisper was unsure of it (see turn.py)."""
         words = list(self.words)
         if len(words) >= 3 and words[-1].probability < min_probability:
             words.pop()

@@ -31,7 +31,7 @@ from duplex.orchestrator.reply import Reply
 from duplex.orchestrator.responder import Message, Responder
 from duplex.orchestrator.router import ClientPool, Router
 from duplex.orchestrator.state import State, StateMachine
-from duplex.orchestrator.turn import TurnPolicy, is_backchannel, required_silence, words
+from duplex.orchestrator.turn import TurnPolicy, is_backchannel, transcript_silence, words
 from duplex.orchestrator.vad import SileroVad, VadKind
 from duplex.tasks import TaskSet
 
@@ -40,9 +40,8 @@ log = logging.getLogger(__name__)
 SUPPORTED_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 _PREROLL_SECONDS = 0.3  # audio kept from before the VAD fired: onsets are detected late
 _HISTORY_TURNS = 20
-# Whisper's confidence below which a last word may be one it made up (see Transcript.settled),
-# and below which a word heard over the bot is too unclear to count as an interruption.
-_DOUBTFUL = 0.5
+# Whisper's confidence below which a word heard over the bot is too unclear to count as an
+# interruption: on a grunt it guesses ("Oh", "I'll").
 _UNCLEAR = 0.4
 
 
@@ -300,7 +299,7 @@ class ConversationSession:
         if not words(text):
             self._reset_utterance()  # noise: nothing was said
             return
-        if self._silent_for(now) < required_silence(transcript.settled(_DOUBTFUL), self._policy):
+        if self._silent_for(now) < transcript_silence(transcript, self._policy):
             return
         ended_at = self._silence_since
         self._reset_utterance()
@@ -360,7 +359,6 @@ class ConversationSession:
                 self._start_transcript()
             return
         transcript = _result(task)
-        # Only words Whisper heard clearly count: on a grunt it guesses ("Oh", "I'll").
         text = transcript.clear(_UNCLEAR)
         duration = sum(a.size for a in self._speech) / ASR_RATE - _PREROLL_SECONDS
         if duration < cfg.min_speech_seconds or not words(text) or is_backchannel(text):

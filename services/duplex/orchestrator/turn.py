@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from duplex.orchestrator.asr import Transcript
+
 _WORD = re.compile(r"[a-z']+")
 # Words after which an English utterance is almost never finished.
 _CONTINUATIONS = frozenset(
@@ -76,6 +78,25 @@ def required_silence(text: str, policy: TurnPolicy = TurnPolicy()) -> float:
     if score <= 0.2:
         return policy.incomplete_silence
     return policy.default_silence
+
+
+# Whisper's confidence below which a word it ends on may be one it made up.
+DOUBTFUL = 0.8
+
+
+def transcript_silence(transcript: Transcript, policy: TurnPolicy = TurnPolicy()) -> float:
+    """`required_silence` for what Whisper heard, distrusting how it closes an open clause.
+
+    When the audio stops inside a clause ("a table for"), Whisper tends to finish it with a
+    word that was never said ("… for it."), at lower confidence than the words before. So
+    if dropping a doubtful last word leaves a clause that is clearly unfinished, the turn
+    waits as for that clause; a doubtful word anywhere else changes nothing.
+    """
+    needed = required_silence(transcript.text, policy)
+    settled = transcript.settled(DOUBTFUL)
+    if settled != transcript.text and completeness(settled) <= 0.2:
+        needed = max(needed, required_silence(settled, policy))
+    return needed
 
 
 def is_backchannel(text: str) -> bool:
