@@ -129,6 +129,12 @@ async def spoken_turn(worker: Worker, port: int, tmp_path: Path) -> dict[str, An
                 await page.wait_for_function(
                     "() => window.duplex.framesPlayed > 25", timeout=30_000
                 )
+                # Over WebRTC, events (data channel) and audio (media) travel apart.
+                await page.wait_for_function(
+                    """() => window.duplex.log.some(
+                           e => e.type === 'reply' && e.text.toLowerCase().includes('duplex'))""",
+                    timeout=10_000,
+                )
             except PlaywrightTimeout:
                 log = await page.evaluate("window.duplex && window.duplex.log")
                 seen = await page.evaluate(

@@ -117,7 +117,7 @@ class RoomOutput:
             try:
                 await participant.publish_data(json.dumps(event), reliable=True, topic=TOPIC)
             except Exception as exc:  # boundary: a closing room drops its last events
-                log.debug("event not delivered: %s", exc)
+                log.warning("event %s not delivered: %s", event.get("type"), exc)
 
 
 class LiveKitAgent:
