@@ -364,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # faster-whisper logs every utterance at INFO: too chatty for a live conversation.
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+    # The LiveKit SDK logs every signalling connection at INFO.
+    logging.getLogger("livekit").setLevel(logging.WARNING)
     try:
         code: int = opts.func(opts)
     except DuplexError as exc:
