@@ -3,8 +3,9 @@
 Drives real sessions over WebSocket and, when a LiveKit server is at hand, over WebRTC through
 LiveKit (side by side, against the same orchestrator), with utterances synthesised by the
 project's own TTS, sent in real time as a microphone would, and times what the client receives:
-- voice-to-voice: end of the user's speech → first reply frame received;
-- barge-in: onset of interrupting speech in the client's stream → last reply frame received;
+- voice-to-voice: end of the user's speech → first reply frame with sound received;
+- barge-in: onset of interrupting speech in the client's stream → last reply frame with sound
+  received;
 - false barge-in recovery: a 200 ms noise burst during a reply → the reply goes on.
 """
 
@@ -38,6 +39,7 @@ QUESTIONS = [
 INTERRUPTION = "Wait, stop, I have another question."
 LONG_REQUEST = "Please tell me a story."
 SILENCE = bytes(SEND_SAMPLES * 2)
+AUDIBLE = 64  # peak sample value: above dither and codec noise, far below speech
 
 
 def _frames(pcm16k: np.ndarray) -> list[bytes]:
@@ -97,6 +99,9 @@ class Conversation:
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     frames: list[float] = field(default_factory=list)  # arrival times of reply frames
     audio: list[bytes] = field(default_factory=list)  # the reply frames: 48 kHz int16
+    # Arrival times of frames with sound in them. The timings use these on every transport:
+    # a WebRTC track carries silence between replies, so there only these can be told apart.
+    audible: list[float] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def mic(self) -> None:
@@ -116,6 +121,9 @@ class Conversation:
     def heard(self, at: float, pcm: bytes) -> None:
         self.frames.append(at)
         self.audio.append(pcm)
+        samples = np.frombuffer(pcm, "<i2")
+        if samples.size and int(np.abs(samples).max()) > AUDIBLE:
+            self.audible.append(at)
         self.changed.set()
 
     def got(self, at: float, event: dict[str, Any]) -> None:
@@ -177,11 +185,11 @@ async def voice_to_voice(connect: Connect, utt: dict[str, list[bytes]], runs: in
             _, end = speech_bounds(frames)
             ended: list[float] = []
             conv.say(frames, {end - 1: ended.append})
-            n_before = len(conv.frames)
+            n_before = len(conv.audible)
             started = time.monotonic()
-            await conv.wait_for(lambda: len(conv.frames) > n_before, 15)
-            if len(conv.frames) > n_before and ended:
-                out.append(conv.frames[n_before] - ended[0] - 0.02)
+            await conv.wait_for(lambda: len(conv.audible) > n_before, 15)
+            if len(conv.audible) > n_before and ended:
+                out.append(conv.audible[n_before] - ended[0] - 0.02)
             await conv.wait_for(lambda: conv.reply_done_after(started), 30)
             await asyncio.sleep(0.5)
     return out
@@ -199,7 +207,7 @@ async def barge_in(connect: Connect, utt: dict[str, list[bytes]], runs: int) -> 
             conv.say(frames, {start: onset.append})
             await conv.wait_for(lambda: bool(onset), 5)
             await asyncio.sleep(1.0)  # let anything still in flight arrive
-            after = [t for t in conv.frames if t <= onset[0] + 0.5]
+            after = [t for t in conv.audible if t <= onset[0] + 0.5]
             out.append(max(0.0, after[-1] - onset[0]) if after else 0.0)
     return out
 
@@ -219,7 +227,7 @@ async def false_barge_in(connect: Connect, utt: dict[str, list[bytes]], runs: in
             flushed = any(
                 e["type"] == "playback" and e["action"] == "flush" for _, e in conv.events
             )
-            still = [t for t in conv.frames if t > sent[0] + 1.5]
+            still = [t for t in conv.audible if t > sent[0] + 1.5]
             out.append(not flushed and bool(still))
     return out
 

@@ -20,11 +20,10 @@ import aiohttp
 import numpy as np
 from livekit import rtc
 
-from duplex.bench.conversation import Conversation
+from duplex.bench.conversation import AUDIBLE, Conversation
 from duplex.clients.talk import SEND_RATE, SEND_SAMPLES
 
 TOPIC = "duplex"
-_AUDIBLE = 64  # peak sample value: above dither and codec noise, far below speech
 
 
 async def room_token(
@@ -59,7 +58,7 @@ async def livekit_conversation(url: str, token: str) -> AsyncIterator[Conversati
             async for event in stream:
                 pcm = bytes(event.frame.data)
                 samples = np.frombuffer(pcm, "<i2")
-                if samples.size and int(np.abs(samples).max()) > _AUDIBLE:
+                if samples.size and int(np.abs(samples).max()) > AUDIBLE:
                     conv.heard(time.monotonic(), pcm)
         finally:
             await stream.aclose()
