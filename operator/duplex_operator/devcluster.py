@@ -10,12 +10,10 @@ programs under test.
 from __future__ import annotations
 
 import collections
-import ctypes
 import functools
 import json
 import secrets
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -311,11 +309,10 @@ class _Process:
         self.log = log
         with log.open("wb") as out:
             self._popen = subprocess.Popen(
-                argv,
+                _dying_with_parent(argv),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
             )
 
     def wait_until(self, condition: Callable[[], bool], what: str, deadline: float) -> None:
@@ -433,11 +430,12 @@ def _write_kubeconfig(api: KubeApiServer) -> None:
     api.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-_PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+def _dying_with_parent(argv: list[str]) -> list[str]:
+    """argv, run so that a test run killed without teardown leaves no apiserver or etcd behind.
 
-
-def _die_with_parent() -> None:
-    # A test run killed without teardown must not leave an apiserver and etcd behind.
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    `setpriv --pdeathsig` asks the kernel for the signal, then execs the server. Not a
+    `preexec_fn`: that forces a real fork() of this multi-threaded process, and gRPC's fork
+    handlers can abort the child before it ever reaches exec.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
