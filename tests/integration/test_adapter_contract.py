@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 import grpc
 import numpy as np
 import pytest
-import soxr
 
 from duplex.audio import FRAME_BYTES
 from duplex.rpc.client import Command, ReceivedFrame, TtsClient
+from tests.conftest import Listener
 
 FAMILIES = ["tone", "pico-en", "piper-joe", "kokoro-ja"]
 SENTENCE = "Hello there. This is a test of the streaming voice, with a few words more."
@@ -188,18 +188,14 @@ async def test_concurrent_sessions_get_their_own_audio(client: TtsClient, model:
 
 
 @pytest.mark.parametrize("model", ["pico-en", "piper-joe", "kokoro-ja"])
-async def test_audio_is_intelligible_speech(client: TtsClient, model: str, whisper: object) -> None:
+async def test_audio_is_intelligible_speech(
+    client: TtsClient, model: str, whisper: Listener
+) -> None:
     text = "The quick brown fox jumps over the lazy dog."
     sid = await session(client, model, pacing="none")
     pcm = audio_of(await collect(client, sid, text)).astype(np.float32) / 32768
     await client.end_session(sid)
-    segments, _ = await asyncio.to_thread(
-        whisper.transcribe,  # type: ignore[attr-defined]
-        soxr.resample(pcm, 48000, 16000),
-        language="en",
-        beam_size=1,
-    )
-    heard = " ".join(s.text for s in segments).lower()
+    heard = await whisper.hear(pcm, beam_size=1)
     words = ["quick", "brown", "fox", "jumps", "over", "lazy", "dog"]
     hits = sum(w in heard for w in words)
     assert hits >= (4 if model == "kokoro-ja" else 6), heard

@@ -17,6 +17,7 @@ from duplex.orchestrator.config import OrchestratorConfig
 from duplex.orchestrator.server import Orchestrator
 from duplex.worker.config import WorkerConfig
 from duplex.worker.server import Worker
+from tests.conftest import Listener
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ async def test_spoken_question_gets_a_spoken_answer(
     stack: tuple[Worker, Orchestrator],
     utterances: dict[str, list[bytes]],
     tmp_path: Path,
-    whisper: object,
+    whisper: Listener,
 ) -> None:
     wav = tmp_path / "q.wav"
     write_wav16(wav, utterances["What is your name?"])
@@ -77,14 +78,7 @@ async def test_spoken_question_gets_a_spoken_answer(
     states = [e["state"] for e in result.events if e["type"] == "state"]
     assert states[:4] == ["listening", "thinking", "speaking", "listening"]
     pcm = np.concatenate([f.samples() for f in result.frames]).astype(np.float32) / 32768
-    import soxr
-
-    segments, _ = await asyncio.to_thread(
-        whisper.transcribe,  # type: ignore[attr-defined]
-        soxr.resample(pcm, 48000, 16000),
-        language="en",
-    )
-    heard = " ".join(s.text for s in segments).lower()
+    heard = await whisper.hear(pcm)
     assert "duplex" in heard or "voice" in heard, heard
 
 

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from duplex.bench.conversation import Conversation, speech_bounds, synthesise_utterances
-from duplex.bench.livekit_client import livekit_conversation, room_token
+from duplex.bench.livekit_client import join, room_token
 from duplex.livekit_server import LiveKitServer
 from duplex.orchestrator.config import OrchestratorConfig
 from duplex.orchestrator.livekit_tokens import LiveKitConfig
 from duplex.orchestrator.server import Orchestrator
 from duplex.worker.config import WorkerConfig
 from duplex.worker.server import Worker
+from tests.conftest import Listener
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +54,9 @@ def events(conv: Conversation, kind: str) -> list[dict[str, object]]:
 
 
 async def test_a_spoken_question_gets_a_spoken_answer_over_webrtc(
-    stack: tuple[Worker, Orchestrator], utterances: dict[str, list[bytes]], whisper: object
+    stack: tuple[Worker, Orchestrator], utterances: dict[str, list[bytes]], whisper: Listener
 ) -> None:
-    grant = await room_token(http(stack), model="piper-joe")
-    async with livekit_conversation(grant["url"], grant["token"]) as conv:
+    async with join(http(stack), model="piper-joe") as conv:
         assert await conv.wait_for(lambda: bool(events(conv, "session.started")), 20)
         conv.say(utterances["What is your name?"], {})
         assert await conv.wait_for(
@@ -69,22 +69,14 @@ async def test_a_spoken_question_gets_a_spoken_answer_over_webrtc(
         assert states[:4] == ["listening", "thinking", "speaking", "listening"], states
     pcm = np.frombuffer(b"".join(conv.audio), "<i2").astype(np.float32) / 32768
     assert pcm.size > 48000  # more than a second of reply
-    import soxr
-
-    segments, _ = await asyncio.to_thread(
-        whisper.transcribe,  # type: ignore[attr-defined]
-        soxr.resample(pcm, 48000, 16000),
-        language="en",
-    )
-    heard = " ".join(s.text for s in segments).lower()
+    heard = await whisper.hear(pcm)
     assert "duplex" in heard or "voice" in heard, heard
 
 
 async def test_barge_in_silences_the_agent_track(
     stack: tuple[Worker, Orchestrator], utterances: dict[str, list[bytes]]
 ) -> None:
-    grant = await room_token(http(stack))
-    async with livekit_conversation(grant["url"], grant["token"]) as conv:
+    async with join(http(stack)) as conv:
         conv.say(utterances["Please tell me a story."], {})
         assert await conv.wait_for(lambda: len(conv.frames) > 100, 30), conv.events
         interruption = utterances["Wait, stop, I have another question."]
@@ -147,13 +139,11 @@ async def test_typed_text_and_bad_messages_over_the_data_channel(
 async def test_a_participant_leaving_mid_reply_leaves_the_agent_serving(
     stack: tuple[Worker, Orchestrator], utterances: dict[str, list[bytes]]
 ) -> None:
-    grant = await room_token(http(stack))
-    async with livekit_conversation(grant["url"], grant["token"]) as conv:
+    async with join(http(stack)) as conv:
         conv.say(utterances["Please tell me a story."], {})
         assert await conv.wait_for(lambda: len(conv.frames) > 20, 30), conv.events
     # Gone mid-reply: a new room is served normally.
-    grant = await room_token(http(stack))
-    async with livekit_conversation(grant["url"], grant["token"]) as conv:
+    async with join(http(stack)) as conv:
         conv.say(utterances["What is your name?"], {})
         assert await conv.wait_for(
             lambda: any(e.get("final") for e in events(conv, "reply")), 30

@@ -39,7 +39,12 @@ QUESTIONS = [
 INTERRUPTION = "Wait, stop, I have another question."
 LONG_REQUEST = "Please tell me a story."
 SILENCE = bytes(SEND_SAMPLES * 2)
-AUDIBLE = 64  # peak sample value: above dither and codec noise, far below speech
+_AUDIBLE = 64  # peak sample value: above dither and codec noise, far below speech
+
+
+def is_audible(pcm: bytes) -> bool:
+    samples = np.frombuffer(pcm, "<i2")
+    return bool(samples.size) and int(np.abs(samples).max()) > _AUDIBLE
 
 
 def _frames(pcm16k: np.ndarray) -> list[bytes]:
@@ -121,8 +126,7 @@ class Conversation:
     def heard(self, at: float, pcm: bytes) -> None:
         self.frames.append(at)
         self.audio.append(pcm)
-        samples = np.frombuffer(pcm, "<i2")
-        if samples.size and int(np.abs(samples).max()) > AUDIBLE:
+        if is_audible(pcm):
             self.audible.append(at)
         self.changed.set()
 
@@ -262,12 +266,11 @@ def _demo_process(model: str, livekit: bool) -> Any:
 
 
 def _livekit_connect(http: str, model: str) -> Connect:
-    from duplex.bench.livekit_client import livekit_conversation, room_token
+    from duplex.bench.livekit_client import join
 
     @contextlib.asynccontextmanager
     async def connect() -> AsyncIterator[Conversation]:
-        grant = await room_token(http, model=model)  # a fresh room each time
-        async with livekit_conversation(grant["url"], grant["token"]) as conv:
+        async with join(http, model=model) as conv:
             # Joining, dispatch and subscription take a moment: measure from a live call.
             await conv.wait_for(lambda: any(e["type"] == "state" for _, e in conv.events), 30)
             yield conv

@@ -17,10 +17,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import numpy as np
 from livekit import rtc
 
-from duplex.bench.conversation import AUDIBLE, Conversation
+from duplex.bench.conversation import Conversation, is_audible
 from duplex.clients.talk import SEND_RATE, SEND_SAMPLES
 
 TOPIC = "duplex"
@@ -57,8 +56,7 @@ async def livekit_conversation(url: str, token: str) -> AsyncIterator[Conversati
         try:
             async for event in stream:
                 pcm = bytes(event.frame.data)
-                samples = np.frombuffer(pcm, "<i2")
-                if samples.size and int(np.abs(samples).max()) > AUDIBLE:
+                if is_audible(pcm):
                     conv.heard(time.monotonic(), pcm)
         finally:
             await stream.aclose()
@@ -93,3 +91,11 @@ async def livekit_conversation(url: str, token: str) -> AsyncIterator[Conversati
         await asyncio.gather(*streams, return_exceptions=True)
         await room.disconnect()
         await mic.aclose()
+
+
+@contextlib.asynccontextmanager
+async def join(orchestrator: str, *, model: str | None = None) -> AsyncIterator[Conversation]:
+    """A conversation in a fresh room, with a token from the orchestrator (http://host:port)."""
+    grant = await room_token(orchestrator, model=model)
+    async with livekit_conversation(grant["url"], grant["token"]) as conv:
+        yield conv

@@ -22,14 +22,13 @@ import logging
 import math
 import secrets
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
-from livekit import api, rtc
+from livekit import rtc
 
 from duplex.audio.frame import FRAME_SAMPLES, FRAME_SECONDS, SAMPLE_RATE, PcmFrame
 from duplex.errors import DuplexError, InvalidInput
-from duplex.orchestrator.livekit_tokens import AGENT_NAME, LiveKitConfig
+from duplex.orchestrator.livekit_tokens import AGENT_NAME, LiveKitConfig, agent_token
 from duplex.orchestrator.session import (
     ConversationSession,
     Services,
@@ -128,7 +127,7 @@ class LiveKitAgent:
         self._config = config
         self._url = config.agent_url or config.url
         self._loop = asyncio.get_running_loop()
-        self._rooms: set[asyncio.Task[None]] = set()
+        self._rooms = TaskSet("livekit-rooms")
         self.registered = asyncio.Event()
         self.served = 0  # rooms joined since start: for tests and the logs
 
@@ -155,9 +154,7 @@ class LiveKitAgent:
         finally:
             with contextlib.suppress(Exception):
                 await server.aclose()
-            for task in list(self._rooms):
-                task.cancel()
-            await asyncio.gather(*self._rooms, return_exceptions=True)
+            await self._rooms.aclose()
 
     def _load(self) -> float:
         return len(self._rooms) / self._config.max_rooms
@@ -165,7 +162,7 @@ class LiveKitAgent:
     async def _entrypoint(self, ctx: Any) -> None:
         # On a job thread's own loop: hand the room to the orchestrator's loop and wait.
         future = asyncio.run_coroutine_threadsafe(
-            self._serve_tracked(ctx.job.room.name, ctx.job.id), self._loop
+            self._serve_owned(ctx.job.room.name, ctx.job.id), self._loop
         )
         try:
             await asyncio.wrap_future(future)
@@ -173,40 +170,19 @@ class LiveKitAgent:
             future.cancel()
             ctx.shutdown("the conversation ended")
 
-    async def _serve_tracked(self, room_name: str, job_id: str) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._rooms.add(task)
+    async def _serve_owned(self, room_name: str, job_id: str) -> None:
+        # The room belongs to the agent's task set (closed with it, failures logged there);
+        # this waits for it on behalf of the job, and a cancelled job leaves the room.
+        task = self._rooms.spawn(self.serve_room(room_name, job_id), f"room-{room_name}")
         try:
-            await self.serve_room(room_name, job_id)
-        except Exception:
-            log.exception("room %s failed", room_name)
+            await asyncio.wait({task})
         finally:
-            self._rooms.discard(task)
-
-    def _token(self, room_name: str, identity: str) -> str:
-        grants = api.VideoGrants(
-            room_join=True,
-            room=room_name,
-            agent=True,
-            can_publish=True,
-            can_subscribe=True,
-            can_publish_data=True,
-        )
-        return (
-            api.AccessToken(self._config.api_key, self._config.api_secret)
-            .with_identity(identity)
-            .with_name("duplex")
-            .with_kind("agent")
-            .with_grants(grants)
-            .with_ttl(timedelta(hours=6))
-            .to_jwt()
-        )
+            task.cancel()
 
     async def serve_room(self, room_name: str, job_id: str) -> None:
         room = rtc.Room()
         identity = f"agent-{job_id or secrets.token_hex(4)}"
-        await room.connect(self._url, self._token(room_name, identity))
+        await room.connect(self._url, agent_token(self._config, room_name, identity))
         self.served += 1
         source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=_SOURCE_QUEUE_MS)
         try:

@@ -10,15 +10,19 @@ answers 404 and the page stays on the WebSocket transport.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from duplex.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from livekit import api
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # The agent every token dispatches into its room: the orchestrator registers under this name.
@@ -62,17 +66,52 @@ def issue_token(
         can_publish_sources=["microphone"],
     )
     return (
-        api.AccessToken(config.api_key, config.api_secret)
-        .with_identity(identity)
+        _signed(config, identity, grants, ttl or timedelta(seconds=config.token_ttl_seconds))
         .with_name(identity)
-        .with_grants(grants)
         .with_attributes(attributes or {})
         .with_room_config(
             api.RoomConfiguration(agents=[api.RoomAgentDispatch(agent_name=AGENT_NAME)])
         )
-        .with_ttl(ttl if ttl is not None else timedelta(seconds=config.token_ttl_seconds))
         .to_jwt()
     )
+
+
+def agent_token(config: LiveKitConfig, room: str, identity: str) -> str:
+    """The agent's own token for a room it was dispatched to."""
+    from livekit import api
+
+    grants = api.VideoGrants(
+        room_join=True,
+        room=room,
+        agent=True,
+        can_publish=True,
+        can_subscribe=True,
+        can_publish_data=True,
+    )
+    return (
+        _signed(config, identity, grants, timedelta(hours=6))
+        .with_name("duplex")
+        .with_kind("agent")
+        .to_jwt()
+    )
+
+
+def _signed(
+    config: LiveKitConfig, identity: str, grants: api.VideoGrants, ttl: timedelta
+) -> api.AccessToken:
+    from livekit import api
+
+    return (
+        api.AccessToken(config.api_key, config.api_secret)
+        .with_identity(identity)
+        .with_grants(grants)
+        .with_ttl(ttl)
+    )
+
+
+def credentials(key: str | None, secret: str | None) -> tuple[str | None, str | None]:
+    """An API key and secret from flags, else from LiveKit's usual environment variables."""
+    return key or os.environ.get("LIVEKIT_API_KEY"), secret or os.environ.get("LIVEKIT_API_SECRET")
 
 
 def require_sdk() -> None:

@@ -92,11 +92,10 @@ def transcript_silence(transcript: Transcript, policy: TurnPolicy = TurnPolicy()
     if dropping a doubtful last word leaves a clause that is clearly unfinished, the turn
     waits as for that clause; a doubtful word anywhere else changes nothing.
     """
-    needed = required_silence(transcript.text, policy)
     settled = transcript.settled(DOUBTFUL)
     if settled != transcript.text and completeness(settled) <= 0.2:
-        needed = max(needed, required_silence(settled, policy))
-    return needed
+        return required_silence(settled, policy)
+    return required_silence(transcript.text, policy)
 
 
 def is_backchannel(text: str) -> bool:
