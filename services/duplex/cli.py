@@ -14,7 +14,7 @@ import grpc
 
 from duplex.errors import DuplexError
 
-DEFAULT_BENCH_MODELS = "pico-en,pico-de,pico-fr,pico-es,pico-it"
+DEFAULT_BENCH_MODELS = "pico-en,piper-joe,pico-de"
 
 
 def _split(values: Sequence[str] | None) -> list[str] | None:
@@ -338,7 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     bo.add_argument("--namespace", help="namespace the operator manages there")
     bo.add_argument("--redis", help="Redis URL the cluster's workers register in")
     bo.add_argument("--models", default=DEFAULT_BENCH_MODELS, help="CPU model ids to apply in turn")
-    bo.add_argument("--runs", type=int, default=10, help="applies on an existing worker")
+    bo.add_argument("--runs", type=int, default=10, help="applies on an existing worker Pod")
+    bo.add_argument(
+        "--cold-runs", type=int, default=3, help="applies that need a new worker Pod first"
+    )
     bo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait per step")
     bo.add_argument("--json", type=Path, help="also write the results as JSON")
     bo.set_defaults(func=cmd_bench_operator)

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
 import pytest
 
-from duplex.bench.conversation import Conversation, conversation, speech_bounds
+from duplex.audio.frame import PcmFrame
+from duplex.bench.client import Conversation, conversation, speech_bounds
 from duplex.clients.talk import SEND_RATE, talk_file
 from duplex.orchestrator.config import OrchestratorConfig
 from duplex.orchestrator.server import Orchestrator
+from duplex.orchestrator.session import ConversationSession, SessionStart
 from duplex.worker.config import WorkerConfig
 from duplex.worker.server import Worker
 from tests.conftest import Listener
@@ -30,7 +34,7 @@ async def stack() -> AsyncIterator[tuple[Worker, Orchestrator]]:
 
 @pytest.fixture(scope="module")
 async def utterances(stack: tuple[Worker, Orchestrator]) -> dict[str, list[bytes]]:
-    from duplex.bench.conversation import synthesise_utterances
+    from duplex.bench.client import synthesise_utterances
 
     return await synthesise_utterances(
         [
@@ -249,3 +253,76 @@ async def test_talk_command_writes_the_reply(
     assert "you: What is your name?" in text and "bot: I'm duplex" in text
     with wave.open(str(answer)) as w:
         assert w.getframerate() == 48000 and w.getnframes() > 48000
+
+
+class _Output:
+    """A session output that records into a client-side Conversation, as a transport would."""
+
+    def __init__(self, conv: Conversation) -> None:
+        self._conv = conv
+
+    def send_event(self, event: dict[str, Any]) -> None:
+        self._conv.got(time.monotonic(), event)
+
+    def send_audio(self, frame: PcmFrame) -> None:
+        self._conv.heard(time.monotonic(), frame.data)
+
+
+async def _no_mic(pcm: bytes) -> None:
+    return None
+
+
+def _sample(orch: Orchestrator, name: str) -> float:
+    return orch.metrics.registry.get_sample_value(name) or 0.0
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.4])
+async def test_barge_in_is_timed_from_the_onset_the_vad_heard(
+    stack: tuple[Worker, Orchestrator], utterances: dict[str, list[bytes]], stall: float
+) -> None:
+    """The reported barge-in follows a real delay: here the listener's loop stalls right
+    after the interrupting speech began, so its audio waits unprocessed for `stall` s."""
+    orch = stack[1]
+    conv = Conversation(_no_mic)
+    session = ConversationSession(
+        orch.services, _Output(conv), SessionStart(SEND_RATE, "piper-joe")
+    )
+    last_frame_count = _sample(orch, "duplex_barge_in_last_frame_seconds_count")
+    last_frame_sum = _sample(orch, "duplex_barge_in_last_frame_seconds_sum")
+    async with asyncio.TaskGroup() as tg:
+        runner = tg.create_task(session.run())
+        try:
+            await session.submit_text("Please tell me a story.")
+            assert await conv.wait_for(lambda: len(conv.frames) > 60, 30)
+            frames = utterances["Wait, stop, I have another question."]
+            onset = speech_bounds(frames)[0]
+            fed: list[float] = []
+            for i, pcm in enumerate(frames):
+                fed.append(time.monotonic())
+                session.feed_audio(pcm)
+                if stall and i >= onset and fed[-1] - fed[onset] < stall:
+                    # The loop is stalled: frames arrive, none is processed.
+                    time.sleep(0.02)  # noqa: ASYNC251
+                else:
+                    await asyncio.sleep(0.02)
+            assert await conv.wait_for(lambda: bool(events(conv, "barge_in")), 5)
+            paused_at = next(
+                at for at, e in conv.events if e["type"] == "playback" and e["action"] == "pause"
+            )
+            reported = float(events(conv, "barge_in")[0]["latency_ms"]) / 1000  # type: ignore[arg-type]
+            expected = paused_at - fed[onset]
+            # The VAD's onset lies within a window or two of the first loud frame.
+            assert abs(reported - expected) < 0.07, (reported, expected)
+            assert reported > stall - 0.032  # the VAD may place the onset a window late
+            # The interruption is confirmed (it has words): the audio-stop figure is recorded.
+            assert await conv.wait_for(
+                lambda: any(e.get("action") == "flush" for e in events(conv, "playback")), 10
+            )
+            assert _sample(orch, "duplex_barge_in_last_frame_seconds_count") == last_frame_count + 1
+            stopped = _sample(orch, "duplex_barge_in_last_frame_seconds_sum") - last_frame_sum
+            # Frames went out until the pause, none after it.
+            assert stopped <= reported + 0.001
+            if not stall:
+                assert stopped > 0.02, stopped
+        finally:
+            runner.cancel()

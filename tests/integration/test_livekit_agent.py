@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from duplex.bench.conversation import Conversation, speech_bounds, synthesise_utterances
+from duplex.bench.client import Conversation, speech_bounds, synthesise_utterances
 from duplex.bench.livekit_client import join, room_token
 from duplex.livekit_server import LiveKitServer
 from duplex.orchestrator.config import OrchestratorConfig

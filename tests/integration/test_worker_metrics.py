@@ -24,7 +24,7 @@ async def test_metrics_endpoint() -> None:
     text = body.decode()
     for name in (
         "duplex_worker_first_audio_seconds_count",
-        "duplex_worker_frame_jitter_seconds_count",
+        "duplex_worker_frame_lateness_seconds_count",
         "duplex_worker_rtf_count",
         "duplex_worker_active_sessions",
         "duplex_worker_queue_depth",
@@ -34,4 +34,7 @@ async def test_metrics_endpoint() -> None:
     ):
         assert name in text, name
     assert 'duplex_worker_frames_total{model="tone"}' in text
+    # Every paced frame is judged for lateness (the unit tests make frames late on purpose).
+    sent = sum(1 for f in frames if f.frame is not None)
+    assert f"duplex_worker_frame_lateness_seconds_count {float(sent)}" in text
     assert 'duplex_worker_model_loads_total{model="tone",result="ok"} 1.0' in text

@@ -4,9 +4,13 @@ Drives real sessions over WebSocket and, when a LiveKit server is at hand, over 
 LiveKit (side by side, against the same orchestrator), with utterances synthesised by the
 project's own TTS, sent in real time as a microphone would, and times what the client receives:
 - voice-to-voice: end of the user's speech → first reply frame with sound received;
-- barge-in: onset of interrupting speech in the client's stream → last reply frame with sound
-  received;
-- false barge-in recovery: a 200 ms noise burst during a reply → the reply goes on.
+- barge-in: onset of interrupting speech in the client's stream → the last reply frame with
+  sound before the reply fell silent (for at least `QUIET_SECONDS`);
+- false barge-in: a 200 ms noise burst during a reply → the longest silence the listener
+  heard around it; the reply must go on.
+Each run either yields a value or fails with a reason (no reply, a reply that never stops, one
+that comes back after a real interruption, ...); failures are counted and printed, never
+turned into numbers. The timeline judgements are pure functions, tested on scripted timelines.
 """
 
 from __future__ import annotations
@@ -14,20 +18,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 
-from duplex.bench.stats import ms, p50_p95, table
-from duplex.clients.talk import SEND_RATE, SEND_SAMPLES
+from duplex.bench.client import (
+    Conversation,
+    conversation,
+    speech_bounds,
+    synthesise_utterances,
+    to_frames,
+)
+from duplex.bench.stats import Series, failure_lines, series_table
+from duplex.clients.talk import SEND_RATE
 
 QUESTIONS = [
     "What is your name?",
@@ -38,202 +49,184 @@ QUESTIONS = [
 ]
 INTERRUPTION = "Wait, stop, I have another question."
 LONG_REQUEST = "Please tell me a story."
-SILENCE = bytes(SEND_SAMPLES * 2)
-_AUDIBLE = 64  # peak sample value: above dither and codec noise, far below speech
+
+QUIET_SECONDS = 0.6  # a reply with no sound for this long has stopped
+REPLY_TIMEOUT = 15.0  # no reply audio this long after a question: the run failed
+BARGE_TIMEOUT = 10.0  # reply audio still going this long after an interruption: failed
+RESUME_WATCH = 3.0  # after the reply fell silent, watch this long for it coming back
+PLAYING_WINDOW = 0.5  # reply audio within this before the onset: the reply was playing
+
+Events = Sequence[tuple[float, dict[str, Any]]]
 
 
-def is_audible(pcm: bytes) -> bool:
-    samples = np.frombuffer(pcm, "<i2")
-    return bool(samples.size) and int(np.abs(samples).max()) > _AUDIBLE
+class Failed(Exception):
+    """A run that did not see what it measures; the message says what happened instead."""
 
 
-def _frames(pcm16k: np.ndarray) -> list[bytes]:
-    pcm = np.concatenate([pcm16k, np.zeros(-pcm16k.size % SEND_SAMPLES, np.float32)])
-    ints = np.clip(pcm * 32768, -32768, 32767).astype("<i2")
-    return [ints[i : i + SEND_SAMPLES].tobytes() for i in range(0, ints.size, SEND_SAMPLES)]
+# -- judgements on a recorded timeline (pure) -----------------------------------------------
 
 
-def speech_bounds(frames: list[bytes], floor_dbfs: float = -40) -> tuple[int, int]:
-    """Index of the first and one past the last frame louder than `floor_dbfs`."""
-    loud = [
-        i
-        for i, f in enumerate(frames)
-        if 20 * np.log10(max(1e-9, np.abs(np.frombuffer(f, "<i2")).max() / 32768)) > floor_dbfs
-    ]
-    return (loud[0], loud[-1] + 1) if loud else (0, len(frames))
+def judge_voice_to_voice(ended: float, audible: Sequence[float], until: float) -> float:
+    """End of the question → first reply frame with sound after it."""
+    after = [t for t in audible if t > ended]
+    if not after:
+        raise Failed(f"no reply audio within {until - ended:.0f} s")
+    return after[0] - ended
 
 
-async def synthesise_utterances(texts: list[str], model: str) -> dict[str, list[bytes]]:
-    """Speak each text with an in-process worker and cut it into 20 ms, 16 kHz frames."""
-    import soxr
+def judge_barge_in(onset: float, audible: Sequence[float], events: Events, until: float) -> float:
+    """Onset of the interruption → the last reply frame with sound before the reply stopped.
 
-    from duplex.rpc.client import TtsClient
-    from duplex.worker.config import WorkerConfig
-    from duplex.worker.server import Worker
-
-    out = {}
-    async with (
-        Worker(WorkerConfig(name="bench-voice", port=0, default_model=model)) as worker,
-        TtsClient(worker.address) as client,
-    ):
-        for i, text in enumerate(texts):
-            await client.start_session(f"u{i}", model, {"pacing": "none"})
-            pcm = (
-                np.concatenate(
-                    [f.frame.samples() async for f in client.say(f"u{i}", text) if f.frame]
-                ).astype(np.float32)
-                / 32768
-            )
-            await client.end_session(f"u{i}")
-            out[text] = _frames(soxr.resample(pcm, 48000, SEND_RATE).astype(np.float32))
-    return out
-
-
-@dataclass
-class Conversation:
-    """A client session with a microphone that sends queued frames or silence.
-
-    `send` carries one 20 ms frame of 16 kHz PCM to the transport; the transport's listener
-    fills `frames` (arrival times of reply audio) and `events`, and sets `changed`.
+    The reply must have been playing at the onset, must fall silent for `QUIET_SECONDS`
+    before `until`, and must not come back before the interruption's own turn starts.
     """
-
-    send: Callable[[bytes], Awaitable[None]]
-    outgoing: asyncio.Queue[tuple[bytes, Callable[[float], None] | None]] = field(
-        default_factory=asyncio.Queue
+    before = [t for t in audible if t < onset]
+    if not before or before[-1] < onset - PLAYING_WINDOW:
+        raise Failed("no reply audio was playing at the onset")
+    next_turn = min(
+        (at for at, e in events if at > onset and e["type"] == "transcript" and e.get("final")),
+        default=float("inf"),
     )
-    events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
-    frames: list[float] = field(default_factory=list)  # arrival times of reply frames
-    audio: list[bytes] = field(default_factory=list)  # the reply frames: 48 kHz int16
-    # Arrival times of frames with sound in them. The timings use these on every transport:
-    # a WebRTC track carries silence between replies, so there only these can be told apart.
-    audible: list[float] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def mic(self) -> None:
-        t0 = time.monotonic()
-        n = 0
-        while True:
-            try:
-                pcm, mark = self.outgoing.get_nowait()
-            except asyncio.QueueEmpty:
-                pcm, mark = SILENCE, None
-            await self.send(pcm)
-            if mark is not None:
-                mark(time.monotonic())
-            n += 1
-            await asyncio.sleep(max(0.0, t0 + n * 0.02 - time.monotonic()))
-
-    def heard(self, at: float, pcm: bytes) -> None:
-        self.frames.append(at)
-        self.audio.append(pcm)
-        if is_audible(pcm):
-            self.audible.append(at)
-        self.changed.set()
-
-    def got(self, at: float, event: dict[str, Any]) -> None:
-        self.events.append((at, event))
-        self.changed.set()
-
-    def say(self, frames: list[bytes], marks: dict[int, Callable[[float], None]]) -> None:
-        for i, pcm in enumerate(frames):
-            self.outgoing.put_nowait((pcm, marks.get(i)))
-
-    async def wait_for(self, check: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not check():
-            self.changed.clear()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(left):
-                    await self.changed.wait()
-        return True
-
-    def reply_done_after(self, t: float) -> bool:
-        return any(e["type"] == "reply" and e.get("final") and at > t for at, e in self.events)
+    last = before[-1]
+    stopped: float | None = None
+    for t in (t for t in audible if t >= onset):
+        if t - last >= QUIET_SECONDS:
+            stopped = last
+            break
+        last = t
+    if stopped is None:
+        if until - last < QUIET_SECONDS:
+            raise Failed(f"reply audio still going {until - onset:.1f} s after the onset")
+        stopped = last
+    if any(stopped < t < next_turn for t in audible):
+        raise Failed("the reply came back after a real interruption")
+    if any(
+        at > onset and e["type"] == "playback" and e.get("action") == "resume" for at, e in events
+    ):
+        raise Failed("the reply was resumed after a real interruption")
+    return max(0.0, stopped - onset)
 
 
-@contextlib.asynccontextmanager
-async def conversation(url: str, model: str) -> AsyncIterator[Conversation]:
-    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
-        await ws.send_str(
-            json.dumps({"type": "session.start", "sample_rate": SEND_RATE, "model": model})
-        )
-        conv = Conversation(ws.send_bytes)
+def judge_false_alarm(sent: float, audible: Sequence[float], events: Events, until: float) -> float:
+    """A noise burst at `sent` during a reply → the longest silence heard around it.
 
-        async def listen() -> None:
-            async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.BINARY:
-                    conv.heard(time.monotonic(), msg.data)
-                elif msg.type == aiohttp.WSMsgType.TEXT:
-                    conv.got(time.monotonic(), json.loads(msg.data))
+    Fails when the reply was not playing, was flushed, or did not come back.
+    """
+    if any(
+        at > sent and e["type"] == "playback" and e.get("action") == "flush" for at, e in events
+    ):
+        raise Failed("the noise stopped the reply")
+    before = [t for t in audible if t <= sent]
+    if not before or before[-1] < sent - PLAYING_WINDOW:
+        raise Failed("no reply audio was playing when the noise began")
+    window = [before[-1], *(t for t in audible if sent < t <= until)]
+    if len(window) < 2 or window[-1] < sent + QUIET_SECONDS:
+        raise Failed("the reply did not come back after the noise")
+    return max(b - a for a, b in itertools.pairwise(window))
 
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(conv.mic()), tg.create_task(listen())]
-            try:
-                yield conv
-            finally:
-                for task in tasks:
-                    task.cancel()
 
+# -- live runs ----------------------------------------------------------------------------
 
 Connect = Callable[[], contextlib.AbstractAsyncContextManager[Conversation]]
 
 
-async def voice_to_voice(connect: Connect, utt: dict[str, list[bytes]], runs: int) -> list[float]:
-    out = []
+async def ask(conv: Conversation, frames: list[bytes]) -> float:
+    """Say one question and time it: end of speech → first reply frame with sound."""
+    _, end = speech_bounds(frames)
+    ended: list[float] = []
+    conv.say(frames, {end - 1: ended.append})
+    n_before = len(conv.audible)
+    started = time.monotonic()
+    await conv.wait_for(lambda: len(conv.audible) > n_before, len(frames) * 0.02 + REPLY_TIMEOUT)
+    if not ended:
+        raise Failed("the question was not sent")
+    # +20 ms: the mark is taken when the last frame of speech is sent, i.e. at its start.
+    value = judge_voice_to_voice(ended[0] + 0.02, conv.audible[n_before:], time.monotonic())
+    if not await conv.wait_for(lambda: conv.reply_done_after(started), 60):
+        raise Failed("the reply never ended")
+    return value
+
+
+async def voice_to_voice(connect: Connect, utt: dict[str, list[bytes]], runs: int) -> Series:
+    series = Series("voice-to-voice")
     async with connect() as conv:
         for i in range(runs):
-            frames = utt[QUESTIONS[i % len(QUESTIONS)]]
-            _, end = speech_bounds(frames)
-            ended: list[float] = []
-            conv.say(frames, {end - 1: ended.append})
-            n_before = len(conv.audible)
-            started = time.monotonic()
-            await conv.wait_for(lambda: len(conv.audible) > n_before, 15)
-            if len(conv.audible) > n_before and ended:
-                out.append(conv.audible[n_before] - ended[0] - 0.02)
-            await conv.wait_for(lambda: conv.reply_done_after(started), 30)
+            try:
+                series.add(await ask(conv, utt[QUESTIONS[i % len(QUESTIONS)]]))
+            except Failed as exc:
+                series.fail(str(exc))
             await asyncio.sleep(0.5)
-    return out
+    return series
 
 
-async def barge_in(connect: Connect, utt: dict[str, list[bytes]], runs: int) -> list[float]:
-    out = []
-    for _ in range(runs):
-        async with connect() as conv:
-            conv.say(utt[LONG_REQUEST], {})
-            await conv.wait_for(lambda: len(conv.frames) > 100, 20)  # 2 s into the reply
-            frames = utt[INTERRUPTION]
-            start, _ = speech_bounds(frames)
-            onset: list[float] = []
-            conv.say(frames, {start: onset.append})
-            await conv.wait_for(lambda: bool(onset), 5)
-            await asyncio.sleep(1.0)  # let anything still in flight arrive
-            after = [t for t in conv.audible if t <= onset[0] + 0.5]
-            out.append(max(0.0, after[-1] - onset[0]) if after else 0.0)
-    return out
+async def _reply_playing(conv: Conversation, utt: dict[str, list[bytes]], frames: int) -> None:
+    conv.say(utt[LONG_REQUEST], {})
+    if not await conv.wait_for(lambda: len(conv.audible) > frames, 20):
+        raise Failed("the story never started")
 
 
-async def false_barge_in(connect: Connect, utt: dict[str, list[bytes]], runs: int) -> list[bool]:
-    rng = np.random.default_rng(3)
-    out = []
-    for _ in range(runs):
-        async with connect() as conv:
-            conv.say(utt[LONG_REQUEST], {})
-            await conv.wait_for(lambda: len(conv.frames) > 75, 20)
-            noise = (rng.normal(0, 0.1, int(0.2 * SEND_RATE))).astype(np.float32)
-            sent: list[float] = []
-            conv.say(_frames(noise), {0: sent.append})
-            await conv.wait_for(lambda: bool(sent), 5)
-            await asyncio.sleep(2.5)
-            flushed = any(
-                e["type"] == "playback" and e["action"] == "flush" for _, e in conv.events
+async def _settle(conv: Conversation, since: float) -> float:
+    """Watch the reply after `since` until it has been silent for QUIET_SECONDS, then a while
+    longer for it coming back (until the next turn's transcript); returns when watching ended."""
+    deadline = since + BARGE_TIMEOUT
+    while (now := time.monotonic()) < deadline:
+        last = max(conv.audible[-1] if conv.audible else 0.0, since)
+        if now - last >= QUIET_SECONDS:
+            n = len(conv.audible)
+            await conv.wait_for(
+                lambda: (
+                    len(conv.audible) > n
+                    or any(
+                        at > since and e["type"] == "transcript" and e.get("final")
+                        for at, e in conv.events
+                    )
+                ),
+                min(RESUME_WATCH, deadline - now),
             )
-            still = [t for t in conv.audible if t > sent[0] + 1.5]
-            out.append(not flushed and bool(still))
-    return out
+            return time.monotonic()
+        n = len(conv.audible)
+        await conv.wait_for(lambda: len(conv.audible) > n, QUIET_SECONDS - (now - last))
+    return time.monotonic()
+
+
+async def barge_in(connect: Connect, utt: dict[str, list[bytes]], runs: int) -> Series:
+    series = Series("barge-in")
+    for _ in range(runs):
+        async with connect() as conv:
+            try:
+                await _reply_playing(conv, utt, 100)  # 2 s into the reply
+                frames = utt[INTERRUPTION]
+                start, _ = speech_bounds(frames)
+                onset: list[float] = []
+                conv.say(frames, {start: onset.append})
+                await conv.wait_for(lambda: bool(onset), 5)
+                if not onset:
+                    raise Failed("the interruption was not sent")
+                until = await _settle(conv, onset[0])
+                series.add(judge_barge_in(onset[0], conv.audible, conv.events, until))
+            except Failed as exc:
+                series.fail(str(exc))
+    return series
+
+
+async def false_barge_in(connect: Connect, utt: dict[str, list[bytes]], runs: int) -> Series:
+    series = Series("false barge-in: longest silence")
+    rng = np.random.default_rng(3)
+    for _ in range(runs):
+        async with connect() as conv:
+            try:
+                await _reply_playing(conv, utt, 75)
+                noise = (rng.normal(0, 0.1, int(0.2 * SEND_RATE))).astype(np.float32)
+                sent: list[float] = []
+                conv.say(to_frames(noise), {0: sent.append})
+                await conv.wait_for(lambda: bool(sent), 5)
+                if not sent:
+                    raise Failed("the noise was not sent")
+                await asyncio.sleep(RESUME_WATCH)
+                series.add(judge_false_alarm(sent[0], conv.audible, conv.events, time.monotonic()))
+            except Failed as exc:
+                series.fail(str(exc))
+    return series
 
 
 @contextlib.contextmanager
@@ -305,7 +298,7 @@ async def run_conversation_bench(opts: argparse.Namespace) -> int:
         want_livekit = False
     print("· synthesising utterances", file=sys.stderr, flush=True)
     utt = await synthesise_utterances([*QUESTIONS, INTERRUPTION, LONG_REQUEST], "piper-joe")
-    rows: list[dict[str, Any]] = []
+    results: dict[str, list[Series]] = {}
     with contextlib.ExitStack() as stack:
         url = opts.url or stack.enter_context(_demo_process(opts.model, want_livekit))
         http = "http" + url.removeprefix("ws").removesuffix("/ws")
@@ -323,35 +316,19 @@ async def run_conversation_bench(opts: argparse.Namespace) -> int:
             print(f"· {name}: barge-in", file=sys.stderr, flush=True)
             barge = await barge_in(connect, utt, opts.runs)
             print(f"· {name}: false barge-in", file=sys.stderr, flush=True)
-            recovered = await false_barge_in(connect, utt, opts.runs)
-            rows.append(
-                {
-                    "transport": name,
-                    "voice_to_voice_s": p50_p95(v2v),
-                    "barge_in_s": p50_p95(barge),
-                    "false_barge_in_recovery": sum(recovered) / max(1, len(recovered)),
-                    "runs": opts.runs,
-                }
-            )
-    print(
-        table(
-            ["transport", "v2v p50", "v2v p95", "barge-in p50", "barge-in p95", "recovery"],
-            [
-                [
-                    r["transport"],
-                    ms(r["voice_to_voice_s"]["p50"]),
-                    ms(r["voice_to_voice_s"]["p95"]),
-                    ms(r["barge_in_s"]["p50"]),
-                    ms(r["barge_in_s"]["p95"]),
-                    f"{r['false_barge_in_recovery'] * 100:.0f} %",
-                ]
-                for r in rows
-            ],
-        )
-        + "\n(ms, at the receiving client; recovery = 200 ms noise bursts after which the reply"
-        " went on)"
-    )
+            false_alarm = await false_barge_in(connect, utt, opts.runs)
+            results[name] = [v2v, barge, false_alarm]
+    failed = False
+    for name, series in results.items():
+        print(series_table(series, f"{name} (ms, at the receiving client)"))
+        lines = failure_lines(series)
+        if lines:
+            failed = True
+            print("failed runs:", *lines, sep="\n")
+        print()
     if opts.json:
-        text = json.dumps({"conversation": rows}, indent=2)
+        text = json.dumps(
+            {"conversation": {k: [s.summary() for s in v] for k, v in results.items()}}, indent=2
+        )
         await asyncio.to_thread(Path(opts.json).write_text, text)
-    return 0
+    return 1 if failed else 0

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 from livekit import rtc
 
-from duplex.bench.conversation import Conversation, is_audible
+from duplex.bench.client import Conversation, is_audible
 from duplex.clients.talk import SEND_RATE, SEND_SAMPLES
 
 TOPIC = "duplex"

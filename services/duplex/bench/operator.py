@@ -3,8 +3,12 @@
 Each run creates a TTSModel with minResident 1 and times two moments: the worker's Redis
 record lists the model as resident (what orchestrators route by) and the TTSModel's Resident
 condition turns True (what `kubectl wait` sees). The model is then deleted and the bench waits
-for the worker to unload it before the next run. The first run has no worker Pod yet, so it
-includes creating the Pod and starting the worker; it is reported apart from the rest.
+for the worker to unload it before the next run. Runs of two kinds, each reported per model
+(the default mixes Pico with the neural Piper voice):
+- new Pod: every worker Pod is deleted first, so the apply includes creating a Pod, starting
+  the worker and loading the model;
+- existing Pod: the Pod from the runs before is there, so only the model loads.
+A run that does not reach a state within `--timeout` is a failed run, counted and printed.
 
 With `--kubeconfig` it measures a cluster where the operator already runs. Without, it brings
 up everything on this machine: etcd + kube-apiserver (from a source checkout's test
@@ -23,14 +27,15 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import redis.asyncio as aioredis
 import yaml
 
-from duplex.bench.stats import ms, p50_p95, table
+from duplex.bench.stats import Series, failure_lines, ms, series_table
 from duplex.discovery import KEY_PREFIX, WorkerRecord
 from duplex.errors import DuplexError
 from duplex.kube import KubeApiError, KubeClient
@@ -116,50 +121,141 @@ async def _status_resident(target: Target, name: str) -> bool:
     return any(c["type"] == "Resident" and c["status"] == "True" for c in conditions)
 
 
+class Failed(Exception):
+    """A run that did not reach the state it times."""
+
+
 async def _until(probe: Callable[[], Awaitable[bool]], what: str, timeout: float) -> float:
     start = time.monotonic()
     while not await probe():
         if time.monotonic() - start > timeout:
-            raise DuplexError(f"timed out after {timeout:.0f} s waiting for {what}")
+            raise Failed(f"no {what} within {timeout:.0f} s")
         await asyncio.sleep(0.01)
     return time.monotonic()
 
 
-async def _one_run(target: Target, index: int, model_id: str, timeout: float) -> dict[str, float]:
-    name = f"bench-{index}"
-    path = f"/apis/duplex.dev/v1alpha1/namespaces/{target.namespace}/ttsmodels"
-    body: dict[str, Any] = {
+def _model_body(name: str, model_id: str) -> dict[str, Any]:
+    from duplex.worker.catalog import Catalog
+
+    spec = Catalog.default().get(model_id)
+    return {
         "apiVersion": "duplex.dev/v1alpha1",
         "kind": "TTSModel",
         "metadata": {"name": name},
         "spec": {
             "modelId": model_id,
-            "family": "pico",
+            "family": spec.family,
             "minResident": 1,
-            "resources": {"memoryMiB": 10},
+            "resources": {"memoryMiB": spec.memory_mib},
         },
     }
+
+
+async def _worker_pods(target: Target) -> list[str]:
+    from duplex_operator.resources import WORKER_SELECTOR
+
+    pods = await target.client.get(
+        f"/api/v1/namespaces/{target.namespace}/pods?labelSelector={quote(WORKER_SELECTOR)}"
+    )
+    return [p["metadata"]["name"] for p in pods.get("items", [])]
+
+
+async def _no_worker_pods(target: Target, timeout: float) -> None:
+    """Delete every worker Pod and wait until they are gone: the next apply needs a new one."""
+    for name in await _worker_pods(target):
+        with contextlib.suppress(KubeApiError):
+            await target.client.delete(f"/api/v1/namespaces/{target.namespace}/pods/{name}")
+
+    async def gone() -> bool:
+        return not await _worker_pods(target)
+
+    await _until(gone, "worker Pods deleted", timeout)
+
+
+async def _one_run(target: Target, index: int, model_id: str, timeout: float) -> dict[str, float]:
+    """Apply a TTSModel; time it resident in Redis and its Resident condition; delete it."""
+    name = f"bench-{index}"
+    path = f"/apis/duplex.dev/v1alpha1/namespaces/{target.namespace}/ttsmodels"
     start = time.monotonic()
-    await target.client.create(path, body)
-    redis_at = status_at = 0.0
+    await target.client.create(path, _model_body(name, model_id))
+    try:
 
-    async def redis_probe() -> bool:
-        return await _resident_anywhere(target.redis, model_id)
+        async def redis_probe() -> bool:
+            return await _resident_anywhere(target.redis, model_id)
 
-    async def status_probe() -> bool:
-        return await _status_resident(target, name)
+        async def status_probe() -> bool:
+            return await _status_resident(target, name)
 
-    async with asyncio.TaskGroup() as group:
-        r = group.create_task(_until(redis_probe, f"{model_id} in Redis", timeout))
-        s = group.create_task(_until(status_probe, f"{name} Resident", timeout))
-    redis_at, status_at = r.result(), s.result()
-    await target.client.delete(f"{path}/{name}")
+        async with asyncio.TaskGroup() as group:
+            r = group.create_task(_until(redis_probe, f"{model_id} in Redis", timeout))
+            s = group.create_task(_until(status_probe, f"{name} Resident", timeout))
+    except* Failed as group:
+        raise group.exceptions[0] from None
+    finally:
+        with contextlib.suppress(KubeApiError):
+            await target.client.delete(f"{path}/{name}")
 
     async def gone() -> bool:
         return not await _resident_anywhere(target.redis, model_id)
 
-    await _until(gone, f"{model_id} unloaded", timeout)
-    return {"redis": redis_at - start, "status": status_at - start}
+    await _until(gone, f"{model_id} unloaded after its TTSModel was deleted", timeout)
+    return {"redis": r.result() - start, "status": s.result() - start}
+
+
+@dataclass
+class Figures:
+    """One Series per (what the apply found, model, moment timed)."""
+
+    series: dict[str, Series] = field(default_factory=dict)
+
+    def get(self, name: str) -> Series:
+        return self.series.setdefault(name, Series(name))
+
+    def record(self, kind: str, model_id: str, result: dict[str, float] | str) -> None:
+        for moment, label in (("redis", "resident in Redis"), ("status", "Resident condition")):
+            series = self.get(f"{kind}, {model_id}: {label}")
+            if isinstance(result, str):
+                series.fail(result)
+            else:
+                series.add(result[moment])
+
+
+async def _bench(
+    target: Target, models: list[str], runs: int, cold: int, timeout: float
+) -> Figures:
+    figures = Figures()
+    index = 0
+    for i in range(cold):
+        model_id = models[i % len(models)]
+        try:
+            await _no_worker_pods(target, timeout)
+            result: dict[str, float] | str = await _one_run(target, index, model_id, timeout)
+        except Failed as exc:
+            result = str(exc)
+        figures.record("new Pod", model_id, result)
+        _progress(index, "new Pod", model_id, result)
+        index += 1
+    for i in range(runs):
+        model_id = models[i % len(models)]
+        try:
+            result = await _one_run(target, index, model_id, timeout)
+        except Failed as exc:
+            result = str(exc)
+        figures.record("existing Pod", model_id, result)
+        _progress(index, "existing Pod", model_id, result)
+        index += 1
+    return figures
+
+
+def _progress(index: int, kind: str, model_id: str, result: dict[str, float] | str) -> None:
+    if isinstance(result, str):
+        print(f"run {index:2d} ({kind}, {model_id}): FAILED: {result}", flush=True)
+    else:
+        print(
+            f"run {index:2d} ({kind}, {model_id}): Redis {ms(result['redis'])} ms, "
+            f"status {ms(result['status'])} ms",
+            flush=True,
+        )
 
 
 async def run_operator_bench(opts: argparse.Namespace) -> int:
@@ -179,36 +275,18 @@ async def run_operator_bench(opts: argparse.Namespace) -> int:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="duplex-")))
             print("starting etcd, kube-apiserver, redis, the operator ...", flush=True)
             target = await stack.enter_async_context(_local_cluster(workdir))
-        results = []
-        for index in range(opts.runs + 1):
-            try:
-                result = await _one_run(target, index, models[index % len(models)], opts.timeout)
-            except KubeApiError as exc:
-                raise DuplexError(
-                    f"the API server refused the benchmark's TTSModel: {exc}"
-                ) from exc
-            results.append(result)
-            kind = "new worker" if index == 0 else "existing worker"
-            print(
-                f"run {index:2d} ({kind}): Redis {ms(result['redis'])} ms, "
-                f"status {ms(result['status'])} ms",
-                flush=True,
-            )
-    cold, warm = results[0], results[1:]
-    summary = {
-        "first_apply_new_worker": cold,
-        "redis": p50_p95([r["redis"] for r in warm]),
-        "status": p50_p95([r["status"] for r in warm]),
-    }
-    rows = [
-        ["resident in Redis", ms(summary["redis"]["p50"]), ms(summary["redis"]["p95"])],
-        ["Resident condition", ms(summary["status"]["p50"]), ms(summary["status"]["p95"])],
-        ["first apply, new Pod (Redis)", ms(cold["redis"]), "—"],
-        ["first apply, new Pod (status)", ms(cold["status"]), "—"],
-    ]
+        try:
+            figures = await _bench(target, models, opts.runs, opts.cold_runs, opts.timeout)
+        except KubeApiError as exc:
+            raise DuplexError(f"the API server refused the benchmark's TTSModel: {exc}") from exc
+    series = list(figures.series.values())
+    for s in series:
+        s.unit = "ms"
     print()
-    print(f"apply TTSModel → resident, {len(warm)} runs on an existing worker (ms)")
-    print(table(["", "p50", "p95"], rows))
+    print(series_table(series, "apply TTSModel → resident (ms)"))
+    lines = failure_lines(series)
+    if lines:
+        print("failed runs:", *lines, sep="\n")
     if opts.json:
-        opts.json.write_text(json.dumps(summary, indent=2))
-    return 0
+        opts.json.write_text(json.dumps({"operator": [s.summary() for s in series]}, indent=2))
+    return 1 if lines else 0

@@ -1,7 +1,9 @@
-"""`duplex bench worker`: first audio, PAUSE → last frame, jitter, RTF and load time per model.
+"""`duplex bench worker`: first audio, PAUSE → last frame, frame lateness, RTF and load time.
 
 All times are taken at the client over real gRPC on loopback, against a worker in its own
-process (started here unless `--worker` names one), as a user of the ABI would see them.
+process (started here unless `--worker` names one), as a user of the ABI would see them. A run
+that does not see what it measures (no audio, audio that goes on after PAUSE, a failed call)
+is counted as failed with its reason, never as a number.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import json
 import random
 import socket
@@ -18,11 +19,13 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from duplex.bench.stats import ms, p50_p95, table
+from duplex.audio.pacing import FramePacer
+from duplex.bench.stats import Series, failure_lines, fmt, series_table, table
 from duplex.rpc.client import Command, TtsClient
 
 DEFAULT_MODELS = ("piper-joe", "kokoro-ja", "pico-en")
@@ -33,6 +36,10 @@ LONG_TEXT = (
     "may fall on the city. Tomorrow should be brighter, with sunshine for most of the day. "
     "Remember to take a coat if you go out tonight, because it will feel colder than it looks."
 )
+LEAD_MS = 60  # the paced sessions' lead: the listener's buffer the lateness is judged against
+QUIET_SECONDS = 0.6  # a stream with no frame for this long has stopped
+PAUSE_TIMEOUT = 5.0  # audio still coming this long after PAUSE: the PAUSE failed
+CALL_TIMEOUT = 60.0
 
 
 @contextlib.contextmanager
@@ -74,163 +81,275 @@ async def _session(client: TtsClient, model: str, **options: str) -> str:
     return sid
 
 
-async def first_audio(client: TtsClient, model: str, runs: int) -> list[float]:
-    """First text chunk in → first data frame out.
+async def _end(client: TtsClient, sid: str) -> None:
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await client.end_session(sid)
 
-    Each run reads its utterance to the end, so no earlier synthesis still occupies the model.
-    """
-    out = []
-    sid = await _session(client, model, pacing="none")
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def first_audio(client: TtsClient, model: str, runs: int) -> Series:
+    """First text chunk in → first data frame out; each run reads its utterance to the end."""
+    series = Series(f"{model}: first audio")
     for _ in range(runs):
-        sent = 0.0
-
-        async def texts() -> AsyncIterator[tuple[str, bool]]:
-            nonlocal sent
-            sent = time.perf_counter()
-            yield FIRST_TEXT, True
-
+        sid = await _session(client, model, pacing="none")
+        sent = time.perf_counter()
         first: float | None = None
-        async for frame in client.synthesize(sid, texts()):
-            if frame.frame is not None and first is None:
-                first = time.perf_counter() - sent
-            if frame.is_final:
-                break
-        if first is not None:
-            out.append(first)
-    await client.end_session(sid)
-    return out
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT):
+                async for frame in client.say(sid, FIRST_TEXT):
+                    if frame.frame is not None and first is None:
+                        first = time.perf_counter() - sent
+        except (grpc.aio.AioRpcError, TimeoutError) as exc:
+            series.fail(_why(exc))
+            continue
+        finally:
+            await _end(client, sid)
+        if first is None:
+            series.fail("the utterance had no audio")
+        else:
+            series.add(first)
+    return series
 
 
-async def pause_latency(client: TtsClient, model: str, runs: int) -> list[float]:
-    """PAUSE sent → last data frame received (0 when none arrived after it)."""
+@dataclass
+class _Stream:
+    """Arrival times of one Synthesize stream's data frames, read by a task of its own."""
+
+    arrivals: list[float] = field(default_factory=list)
+    grew: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: bool = False
+
+    async def read(self, frames: AsyncIterator[Any]) -> None:
+        try:
+            async for frame in frames:
+                if frame.frame is not None:
+                    self.arrivals.append(time.perf_counter())
+                    self.grew.set()
+        finally:
+            self.ended = True
+            self.grew.set()
+
+    async def wait(self, frames: int, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while len(self.arrivals) < frames and not self.ended:
+                    self.grew.clear()
+                    await self.grew.wait()
+        return len(self.arrivals) >= frames
+
+    async def quiet(self, seconds: float, timeout: float) -> bool:
+        """Wait until no frame has arrived for `seconds`; False if frames kept coming."""
+        deadline = time.perf_counter() + timeout
+        while True:
+            last = self.arrivals[-1] if self.arrivals else 0.0
+            now = time.perf_counter()
+            if now - last >= seconds or self.ended:
+                return True
+            if now >= deadline:
+                return False
+            await asyncio.sleep(min(seconds - (now - last), deadline - now) + 0.001)
+
+
+async def pause_latency(client: TtsClient, model: str, runs: int) -> Series:
+    """PAUSE sent → last data frame received after it (0 when none came)."""
+    series = Series(f"{model}: PAUSE → last frame")
     rng = random.Random(7)
-    return [await _pause_once(client, model, rng.randint(8, 25)) for _ in range(runs)]
+    for _ in range(runs):
+        try:
+            series.add(await _pause_once(client, model, rng.randint(8, 25)))
+        except _Failed as exc:
+            series.fail(str(exc))
+        except (grpc.aio.AioRpcError, TimeoutError) as exc:
+            series.fail(_why(exc))
+    return series
+
+
+class _Failed(Exception):
+    pass
 
 
 async def _pause_once(client: TtsClient, model: str, after: int) -> float:
-    sid = await _session(client, model, pacing="realtime")
-    last_frame = 0.0
-    paused_at = 0.0
-    paused = asyncio.Event()
-
-    async def read() -> None:
-        nonlocal last_frame, paused_at
-        n = 0
-        async for frame in client.say(sid, LONG_TEXT):
-            if frame.frame is None:
-                continue
-            last_frame = time.perf_counter()
-            n += 1
-            if n == after:
+    sid = await _session(client, model, pacing="realtime", lead_ms=str(LEAD_MS))
+    stream = _Stream()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            reader = tg.create_task(stream.read(client.say(sid, LONG_TEXT)))
+            try:
+                if not await stream.wait(after, CALL_TIMEOUT):
+                    raise _Failed(f"fewer than {after} frames before the PAUSE")
                 paused_at = time.perf_counter()
                 await client.control(sid, Command.PAUSE)
-                paused.set()
-
-    reader = asyncio.create_task(read())
-    try:
-        async with asyncio.timeout(30):
-            await paused.wait()
-        await asyncio.sleep(0.3)  # anything still in flight arrives by now
-        latency = max(0.0, last_frame - paused_at)
-        await client.control(sid, Command.STOP)
-        await asyncio.wait_for(reader, 10)
+                if not await stream.quiet(QUIET_SECONDS, PAUSE_TIMEOUT):
+                    raise _Failed(f"audio still coming {PAUSE_TIMEOUT:.0f} s after PAUSE")
+                if stream.ended:
+                    raise _Failed("the stream ended instead of pausing")
+                after_pause = [t for t in stream.arrivals if t > paused_at]
+                return after_pause[-1] - paused_at if after_pause else 0.0
+            finally:
+                reader.cancel()
     finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-            await reader
-    await client.end_session(sid)
-    return latency
+        await _end(client, sid)
 
 
-async def jitter(client: TtsClient, model: str, sessions: int, seconds: float) -> list[float]:
-    """|inter-arrival − 20 ms| of paced frames, all sessions at once, after the initial lead."""
+@dataclass
+class Pacing:
+    """Frame lateness at the client for one concurrency level."""
 
-    async def one() -> list[float]:
-        sid = await _session(client, model, pacing="realtime", lead_ms="60")
-        arrivals: list[float] = []
+    sessions: int
+    lateness: Series
+    underruns: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {"sessions": self.sessions, "underruns": self.underruns, **self.lateness.summary()}
+
+
+async def pacing(client: TtsClient, model: str, sessions: int, seconds: float) -> Pacing:
+    """How late each paced frame arrives against the schedule a listener plays it on.
+
+    Every frame counts, the first ones too: the listener starts playing at the first frame
+    with a buffer of the session's lead, so frame k is due `lead` before `first + k × 20 ms`
+    (and never before the first). A frame later than its playout time is an underrun, a gap
+    the listener hears (the schedule restarts there, as the worker's does).
+    """
+    result = Pacing(sessions, Series(f"{model}: lateness × {sessions}"))
+
+    async def one() -> None:
+        sid = await _session(client, model, pacing="realtime", lead_ms=str(LEAD_MS))
+        pacer = FramePacer(LEAD_MS / 1000)
+        got = 0
         try:
-            async for frame in client.say(sid, LONG_TEXT):
-                if frame.frame is not None:
-                    arrivals.append(time.perf_counter())
-                    if len(arrivals) * 0.02 >= seconds:
+            async with asyncio.timeout(CALL_TIMEOUT):
+                async for frame in client.say(sid, LONG_TEXT):
+                    if frame.frame is None:
+                        continue
+                    late = pacer.sent(time.perf_counter())
+                    result.lateness.add(late.lateness)
+                    result.underruns += late.underrun
+                    got += 1
+                    if got * 0.02 >= seconds:
                         break
+        except (grpc.aio.AioRpcError, TimeoutError) as exc:
+            result.lateness.fail(_why(exc))
         finally:
-            await client.end_session(sid)
-        gaps = [b - a for a, b in itertools.pairwise(arrivals[10:])]
-        return [abs(g - 0.02) for g in gaps]
+            await _end(client, sid)
+        if got * 0.02 < seconds and got:
+            result.lateness.fail(f"the stream ended after {got} frames")
 
-    results = await asyncio.gather(*(one() for _ in range(sessions)))
-    return [x for r in results for x in r]
-
-
-async def rtf(client: TtsClient, model: str) -> float:
-    sid = await _session(client, model, pacing="none")
-    started = time.perf_counter()
-    frames = [f async for f in client.say(sid, LONG_TEXT) if f.frame is not None]
-    elapsed = time.perf_counter() - started
-    await client.end_session(sid)
-    return elapsed / (len(frames) * 0.02)
+    await asyncio.gather(*(one() for _ in range(sessions)))
+    return result
 
 
-async def load_times(client: TtsClient, model: str, runs: int) -> list[float]:
-    out = []
+async def rtf(client: TtsClient, model: str, runs: int) -> Series:
+    series = Series(f"{model}: RTF", unit="x")
+    for _ in range(runs):
+        sid = await _session(client, model, pacing="none")
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT):
+                frames = [f async for f in client.say(sid, LONG_TEXT) if f.frame is not None]
+        except (grpc.aio.AioRpcError, TimeoutError) as exc:
+            series.fail(_why(exc))
+            continue
+        finally:
+            await _end(client, sid)
+        if frames:
+            series.add((time.perf_counter() - started) / (len(frames) * 0.02))
+        else:
+            series.fail("no audio")
+    return series
+
+
+async def load_times(client: TtsClient, model: str, runs: int) -> tuple[Series, Series]:
+    """UnloadModel, then LoadModel timed at the client; the worker's own figure beside it."""
+    at_client = Series(f"{model}: load (client)")
+    at_worker = Series(f"{model}: load (worker's figure)")
     for _ in range(runs):
         try:
             await client.unload_model(model)
+            started = time.perf_counter()
+            worker_ms = await client.load_model(model)
         except grpc.aio.AioRpcError as exc:
-            print(f"  ({model}: cannot unload to time a load: {exc.details()})", file=sys.stderr)
-            break
-        out.append(await client.load_model(model) / 1000)
-    return out
+            at_client.fail(_why(exc))
+            at_worker.fail(_why(exc))
+            continue
+        at_client.add(time.perf_counter() - started)
+        at_worker.add(worker_ms / 1000)
+    return at_client, at_worker
 
 
 async def bench_model(
     client: TtsClient, model: str, runs: int, levels: list[int]
-) -> dict[str, Any]:
+) -> tuple[list[Series], list[Pacing]]:
     print(f"· {model}", file=sys.stderr, flush=True)
-    result: dict[str, Any] = {"model": model}
-    result["load_s"] = p50_p95(await load_times(client, model, 3))
+    loads = await load_times(client, model, 3)
     await client.load_model(model)
     await first_audio(client, model, 2)  # settle caches before measuring
-    result["first_audio_s"] = p50_p95(await first_audio(client, model, runs))
-    result["pause_to_last_frame_s"] = p50_p95(await pause_latency(client, model, max(5, runs // 2)))
-    result["rtf"] = await rtf(client, model)
-    result["jitter_s"] = {
-        str(n): p50_p95(await jitter(client, model, n, seconds=4.0)) for n in levels
-    }
-    return result
+    series = [
+        *loads,
+        await first_audio(client, model, runs),
+        await pause_latency(client, model, max(5, runs // 2)),
+        await rtf(client, model, 3),
+    ]
+    levels_out = [await pacing(client, model, n, seconds=4.0) for n in levels]
+    return series, levels_out
 
 
-def render(results: list[dict[str, Any]], levels: list[int]) -> str:
-    headers = ["model", "load s", "first p50", "first p95", "pause p50", "pause p95", "RTF"]
-    headers += [f"jit{n} p50/p95" for n in levels]
-    rows = []
-    for r in results:
-        row = [
-            r["model"],
-            f"{r['load_s']['p50']:.2f}",
-            ms(r["first_audio_s"]["p50"]),
-            ms(r["first_audio_s"]["p95"]),
-            ms(r["pause_to_last_frame_s"]["p50"]),
-            ms(r["pause_to_last_frame_s"]["p95"]),
-            f"{r['rtf']:.3f}",
+def render(series: list[Series], levels: list[Pacing]) -> str:
+    for s in series:
+        if s.name.endswith("load (client)") or s.name.endswith("load (worker's figure)"):
+            s.unit = "s"
+    rows = [
+        [
+            p.lateness.name,
+            str(len(p.lateness.values)),
+            str(len(p.lateness.failures)),
+            str(p.underruns),
+            *(fmt(p.lateness.summary()[k], "ms") for k in ("p50", "p95", "max")),
         ]
-        row += [
-            f"{ms(r['jitter_s'][str(n)]['p50'])}/{ms(r['jitter_s'][str(n)]['p95'])}" for n in levels
-        ]
-        rows.append(row)
-    return table(headers, rows) + "\n(times in ms unless marked; jitter = |inter-arrival − 20 ms|)"
+        for p in levels
+    ]
+    lines = [
+        series_table(series),
+        "",
+        table(["", "frames", "failed", "underruns", "p50", "p95", "max"], rows),
+        f"(frame lateness at the client in ms: arrival − due, every frame; a {LEAD_MS} ms lead;"
+        " underrun = a frame after its playout time; failed = sessions that broke)",
+    ]
+    failed = failure_lines([*series, *(p.lateness for p in levels)])
+    if failed:
+        lines += ["", "failed runs:", *failed]
+    return "\n".join(lines)
 
 
 async def run_worker_bench(opts: argparse.Namespace) -> int:
     models = [m for v in (opts.models or [",".join(DEFAULT_MODELS)]) for m in v.split(",") if m]
     levels = [int(n) for n in opts.sessions.split(",")]
+    series: list[Series] = []
+    pacings: list[Pacing] = []
     with contextlib.ExitStack() as stack:
         address = opts.worker or stack.enter_context(_worker_process(models))
         async with TtsClient(address) as client:
             await client.wait_ready(60)
-            results = [await bench_model(client, m, opts.runs, levels) for m in models]
-    print(render(results, levels))
+            for model in models:
+                s, p = await bench_model(client, model, opts.runs, levels)
+                series += s
+                pacings += p
+    print(render(series, pacings))
     if opts.json:
-        opts.json.write_text(json.dumps({"worker": results}, indent=2))
-    return 0
+        opts.json.write_text(
+            json.dumps(
+                {
+                    "worker": [s.summary() for s in series],
+                    "lateness": [p.summary() for p in pacings],
+                },
+                indent=2,
+            )
+        )
+    return 1 if any(s.failures for s in series) else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+_BARGE_BUCKETS = (0.02, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 _BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0)
 
 
@@ -22,8 +23,14 @@ class OrchestratorMetrics:
         )
         self.barge_in = Histogram(
             "duplex_barge_in_seconds",
-            "Onset of interrupting speech → reply audio stopped",
-            buckets=(0.02, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5),
+            "Arrival of the interrupting speech's onset (the VAD's onset) → reply paused",
+            buckets=_BARGE_BUCKETS,
+            registry=r,
+        )
+        self.barge_in_last_frame = Histogram(
+            "duplex_barge_in_last_frame_seconds",
+            "Arrival of the interrupting speech's onset → last reply frame handed to the transport",
+            buckets=_BARGE_BUCKETS,
             registry=r,
         )
         self.barge_ins = Counter(

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from duplex.audio.frame import FRAME_SECONDS, PcmFrame
+from duplex.audio.pacing import FramePacer
 from duplex.orchestrator.responder import Message, Responder
 from duplex.orchestrator.router import ClientPool, Route, Router
 from duplex.rpc.client import Command
@@ -74,6 +75,7 @@ class _End:
 @dataclass
 class ReplyStats:
     first_frame_at: float | None = None  # monotonic
+    last_sent_at: float = 0.0  # monotonic: the last frame handed to the transport
     frames_sent: int = 0
     failovers: int = 0
 
@@ -251,29 +253,31 @@ class Reply:
         self._tasks.spawn(client.load_model(self.model, preload_only=True), "load")
 
     async def _playout(self) -> None:
-        next_due = time.monotonic()
+        pacer = FramePacer(self._lead)
         while True:
             item = await self._frames.get()
             if isinstance(item, _End):
                 # Wait until the client has played what it was sent ahead of time.
-                await asyncio.sleep(max(0.0, next_due - time.monotonic()))
+                await asyncio.sleep(max(0.0, pacer.played_out_at - time.monotonic()))
                 return
             if not self._running.is_set():
                 await self._running.wait()
-                next_due = time.monotonic()
+                pacer.restart()
             if self.stopped:
                 return
-            now = time.monotonic()
-            if now < next_due - self._lead:
-                await asyncio.sleep(next_due - self._lead - now)
+            wait = pacer.due(time.monotonic()) - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
                 if not self._running.is_set():
                     await self._running.wait()
-                    next_due = time.monotonic()
+                    pacer.restart()
                 if self.stopped:
                     return
-            next_due = max(next_due, time.monotonic()) + FRAME_SECONDS
+            now = time.monotonic()
+            pacer.sent(now)
             if self.stats.first_frame_at is None:
-                self.stats.first_frame_at = time.monotonic()
+                self.stats.first_frame_at = now
                 self._on_first_frame()
             self._send_audio(item)
+            self.stats.last_sent_at = time.monotonic()
             self.stats.frames_sent += 1

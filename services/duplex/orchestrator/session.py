@@ -124,9 +124,14 @@ class ConversationSession:
         self._policy = TurnPolicy(**services.config.turn.model_dump())
         self._machine = StateMachine(self._on_state)
         self._tasks = TaskSet(f"session-{self.id}")
-        self._audio: asyncio.Queue[bytes] = asyncio.Queue(maxsize=500)
+        # Each frame with the moment it arrived: barge-in is timed from the arrival of the
+        # audio that holds the onset, however far behind the listener is.
+        self._audio: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue(maxsize=500)
         self._resampler = StreamResampler(start.sample_rate, ASR_RATE)
         self._vad = SileroVad()
+        self._vad_samples = 0  # 16 kHz samples given to the VAD: its clock
+        # (VAD samples up to the end of a frame, when that frame arrived), the last 10 s.
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=500)
         self._preroll: deque[npt.NDArray[np.float32]] = deque(maxlen=int(_PREROLL_SECONDS * 50))
         self._speech: list[npt.NDArray[np.float32]] = []  # the utterance being spoken
         self._speech_started = 0.0  # monotonic
@@ -143,6 +148,7 @@ class ConversationSession:
         self._reply: Reply | None = None
         self._reply_task: asyncio.Task[None] | None = None
         self._barge_started = 0.0
+        self._barge_onset = 0.0  # monotonic arrival of the interrupting speech's onset
         self._tts_sessions: dict[str, str] = {}
         self.closed = asyncio.Event()
 
@@ -156,7 +162,7 @@ class ConversationSession:
             )
         if self._audio.full():  # the listener fell behind by 10 s: drop the oldest
             self._audio.get_nowait()
-        self._audio.put_nowait(pcm)
+        self._audio.put_nowait((pcm, time.monotonic()))
 
     async def submit_text(self, text: str) -> None:
         if not isinstance(text, str) or not text.strip():
@@ -203,24 +209,26 @@ class ConversationSession:
         while True:
             try:
                 async with asyncio.timeout(0.05):
-                    pcm = await self._audio.get()
+                    pcm, arrived = await self._audio.get()
             except TimeoutError:
-                pcm = None  # no audio: still let timers (end of turn) run
-            if pcm is not None:
-                await self._hear(pcm)
+                pass  # no audio: still let timers (end of turn) run
+            else:
+                await self._hear(pcm, arrived)
             await self._decide()
 
-    async def _hear(self, pcm: bytes) -> None:
+    async def _hear(self, pcm: bytes, arrived: float) -> None:
         self._last_frame_at = time.monotonic()
         audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
         audio16 = self._resampler.process(audio)
+        self._vad_samples += audio16.size
+        self._arrivals.append((self._vad_samples, arrived))
         if self._speech or self._silence_since is not None:
             self._speech.append(audio16)
         else:
             self._preroll.append(audio16)
         for event in self._vad.process(audio16):
             if event.kind is VadKind.START:
-                await self._on_speech_start()
+                await self._on_speech_start(self._arrival_of(event.at))
             else:
                 self._on_speech_end(hangover=self._vad.now - event.at)
         if (
@@ -232,7 +240,15 @@ class ConversationSession:
             # speech has ended; if it has, the transcript is ready when the decision is due.
             self._start_transcript()
 
-    async def _on_speech_start(self) -> None:
+    def _arrival_of(self, audio_time: float) -> float:
+        """When the frame holding this moment of the VAD's clock arrived (monotonic)."""
+        sample = audio_time * ASR_RATE
+        for end, arrived in self._arrivals:
+            if end > sample:
+                return arrived
+        return self._arrivals[-1][1] if self._arrivals else time.monotonic()
+
+    async def _on_speech_start(self, onset: float) -> None:
         now = time.monotonic()
         if not self._speech:
             self._speech = list(self._preroll)
@@ -240,7 +256,7 @@ class ConversationSession:
         self._silence_since = None
         self._silence_audio = None
         if self._machine.state in (State.SPEAKING, State.THINKING) and self._reply is not None:
-            await self._soft_pause(now)
+            await self._soft_pause(onset)
 
     def _on_speech_end(self, hangover: float) -> None:
         # Silence began a little before the VAD could tell (its hangover).
@@ -333,17 +349,28 @@ class ConversationSession:
 
     # -- barge-in ----------------------------------------------------------------------------
 
-    async def _soft_pause(self, now: float) -> None:
+    async def _soft_pause(self, onset: float) -> None:
         """Speech while the bot talks: silence it now, decide later whether to resume."""
         assert self._reply is not None
         self._reply.pause()
-        self._barge_started = now
+        paused = time.monotonic()
+        self._barge_started = paused
+        self._barge_onset = onset
         self._machine.to(State.BARGED_IN)
         self._out.send_event({"type": "playback", "action": "pause"})
-        # The VAD fires one or two windows after the onset.
-        latency = time.monotonic() - now + 0.064
+        # From the arrival of the audio that holds the onset: the VAD's own delay, any backlog
+        # in front of it and the time to act all count.
+        latency = paused - onset
         self._s.metrics.barge_in.observe(latency)
         self._out.send_event({"type": "barge_in", "latency_ms": round(latency * 1000, 1)})
+
+    def _observe_audio_stop(self, reply: Reply | None) -> None:
+        """Once the interruption is judged: onset → the last reply frame handed to the transport."""
+        if reply is None or reply.stats.first_frame_at is None:
+            return  # nothing was playing yet
+        self._s.metrics.barge_in_last_frame.observe(
+            max(0.0, reply.stats.last_sent_at - self._barge_onset)
+        )
 
     async def _judge_interruption(self, speaking: bool, now: float) -> None:
         cfg = self._s.config.barge_in
@@ -370,6 +397,7 @@ class ConversationSession:
         self._reset_utterance()
         self._s.metrics.barge_ins.labels("resumed").inc()
         reply = self._reply
+        self._observe_audio_stop(reply)
         if reply is None or self._reply_task is None or self._reply_task.done():
             self._machine.to(State.LISTENING)
             return
@@ -381,7 +409,9 @@ class ConversationSession:
     async def _confirm_interruption(self) -> None:
         """A real interruption: stop the reply for good; the speech goes on as a new turn."""
         self._s.metrics.barge_ins.labels("confirmed").inc()
+        reply = self._reply
         await self._stop_reply()
+        self._observe_audio_stop(reply)
         self._machine.to(State.LISTENING)
 
     async def _interrupt(self) -> None:

@@ -9,7 +9,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5)
-_JITTER_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1)
+_LATENESS_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 _LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 
 
@@ -24,10 +24,17 @@ class WorkerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.frame_jitter = Histogram(
-            "duplex_worker_frame_jitter_seconds",
-            "|actual − scheduled| send time of paced frames",
-            buckets=_JITTER_BUCKETS,
+        self.frame_lateness = Histogram(
+            "duplex_worker_frame_lateness_seconds",
+            "Paced frames: actual send time − due time, late frames included",
+            buckets=_LATENESS_BUCKETS,
+            registry=r,
+        )
+        self.underruns = Counter(
+            "duplex_worker_underruns",
+            "Frames sent after their playout time (the listener heard a gap), by cause: "
+            "starved = the text or synthesis did not keep up, send = the frame waited to go out",
+            ["cause"],
             registry=r,
         )
         self.rtf = Histogram(
@@ -39,8 +46,8 @@ class WorkerMetrics:
         )
         self.pause_latency = Histogram(
             "duplex_worker_pause_seconds",
-            "PAUSE received → emission stopped",
-            buckets=_JITTER_BUCKETS,
+            "PAUSE received → last frame sent after it (0 when none followed)",
+            buckets=_LATENESS_BUCKETS,
             registry=r,
         )
         self.active_sessions = Gauge(

@@ -18,6 +18,7 @@ from typing import Literal
 
 from duplex.audio.frame import FRAME_SECONDS, PcmFrame
 from duplex.audio.framer import FrameEncoder
+from duplex.audio.pacing import FramePacer
 from duplex.errors import DuplexError, InvalidInput, SynthesisFailed
 from duplex.text import TextChunker
 from duplex.worker.adapters.base import NativeAudio
@@ -117,6 +118,7 @@ class SynthesisSession:
         self._running = asyncio.Event()  # cleared while paused
         self._running.set()
         self._paused_at: float | None = None
+        self._last_sent_at = 0.0  # monotonic time the last data frame went out
         self._frames: asyncio.Queue[_Item] | None = None
         self._stop_requested = False
         self.streaming = False
@@ -141,7 +143,7 @@ class SynthesisSession:
             self._running.clear()
 
     def resume(self) -> None:
-        self._paused_at = None
+        self._observe_pause()
         self._running.set()
 
     def stop(self) -> None:
@@ -255,15 +257,18 @@ class SynthesisSession:
     async def _emit(
         self, frames: asyncio.Queue[_Item], send: Callable[[OutFrame], Awaitable[None]]
     ) -> None:
-        realtime = self.options.pacing == "realtime"
-        lead = self.options.lead_seconds
-        next_due = time.monotonic()
+        pacer = FramePacer(self.options.lead_seconds) if self.options.pacing == "realtime" else None
         utterance_t0: float | None = None
         model_id = self.model_id
         while True:
+            # An empty buffer when a frame is wanted: if it then goes out late, the text or the
+            # synthesis did not keep up (not the sending).
+            starved = frames.empty()
             item = await frames.get()
             if isinstance(item, _UtteranceStart):
                 utterance_t0 = item.t0
+                if pacer is not None:
+                    pacer.restart()  # a new utterance plays from its first frame
                 continue
             if isinstance(item, _EndStream):
                 if self._stop_requested:
@@ -271,37 +276,42 @@ class SynthesisSession:
                 return
             if not self._running.is_set():
                 await self._wait_resumed()
-                next_due = time.monotonic()  # after a pause, pace from now: nothing is replayed
+                if pacer is not None:
+                    pacer.restart()  # after a pause, pace from now: nothing is replayed
                 if self._stop_requested:
                     continue  # the stop marker is next in the (cleared) buffer
             if isinstance(item, _EndUtterance):
                 await send(OutFrame(self._next_sequence(), None, True))
                 continue
-            if realtime:
-                now = time.monotonic()
-                if now < next_due - lead:
-                    await asyncio.sleep(next_due - lead - now)
+            if pacer is not None:
+                wait = pacer.due(time.monotonic()) - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
                     if not self._running.is_set() or self._stop_requested:
                         await self._wait_resumed()
-                        next_due = time.monotonic()
+                        pacer.restart()
                         if self._stop_requested:
                             continue
-                sent_at = time.monotonic()
-                if sent_at > next_due:  # an underrun: restart the clock instead of bursting
-                    next_due = sent_at
-                else:
-                    self._metrics.frame_jitter.observe(max(0.0, (next_due - lead) - sent_at))
-                next_due += FRAME_SECONDS
+                late = pacer.sent(time.monotonic())
+                self._metrics.frame_lateness.observe(late.lateness)
+                if late.underrun:
+                    self._metrics.underruns.labels("starved" if starved else "send").inc()
             if utterance_t0 is not None:
                 self._metrics.first_audio.labels(model_id).observe(time.monotonic() - utterance_t0)
                 utterance_t0 = None
             await send(OutFrame(self._next_sequence(), item, False))
+            self._last_sent_at = time.monotonic()
             self._metrics.frames.labels(model_id).inc()
 
     async def _wait_resumed(self) -> None:
-        if self._paused_at is not None:
-            self._metrics.pause_latency.observe(time.monotonic() - self._paused_at)
+        self._observe_pause()
         await self._running.wait()
+
+    def _observe_pause(self) -> None:
+        """Once per PAUSE: emission stopped with the last frame sent (0 if none followed it)."""
+        if self._paused_at is not None:
+            self._metrics.pause_latency.observe(max(0.0, self._last_sent_at - self._paused_at))
+            self._paused_at = None
 
     def _next_sequence(self) -> int:
         self._sequence += 1

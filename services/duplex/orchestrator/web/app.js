@@ -178,7 +178,7 @@ const METRIC_LABELS = {
   asr_ms: 'ASR',
   first_audio_ms: 'First audio',
   barge_in_ms: 'Barge-in',
-  barge_in_event_ms: 'Barge-in (event)',
+  barge_in_event_ms: 'Barge-in (onset → pause)',
   llm_ms: 'LLM',
   tts_ms: 'TTS',
 };

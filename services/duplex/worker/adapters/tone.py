@@ -1,11 +1,14 @@
 """A deterministic test family: one tone burst per word, no model weights.
 
 It exists so tests can check timing and framing exactly. It is only in the catalog when the
-configuration asks for test models, and is never used in place of a model that failed.
+configuration asks for test models, and is never used in place of a model that failed. The
+option `delay_seconds` makes it take that long per word (a word is 0.25 s of audio), to play a
+model slower than real time.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -35,7 +38,10 @@ class ToneAdapter(TtsAdapter):
         n = int(rate * _WORD_SECONDS / speed)
         t = np.arange(n, dtype=np.float32) / rate
         gap = np.zeros(int(rate * _GAP_SECONDS / speed), np.float32)
+        delay = float(self.spec.options.get("delay_seconds", "0"))
         for i, word in enumerate(text.split()):
+            if delay:
+                time.sleep(delay)
             freq = 220.0 + 20.0 * ((sum(map(ord, word)) + i) % 24)
             envelope = np.minimum(1.0, np.minimum(t, t[::-1]) * 50.0)
             yield np.concatenate([0.3 * np.sin(2 * np.pi * freq * t) * envelope, gap]).astype(
