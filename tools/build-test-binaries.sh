@@ -2,20 +2,26 @@
 # Build the binaries the Kubernetes-side tests need, from pinned Go modules:
 #
 #   kube-apiserver  k8s.io/kubernetes/cmd/kube-apiserver   (tools/k8s/go.mod)
+#   kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl
+#                   k8s.io/kubernetes/cmd/<name>           (tools/k8s/go.mod)
 #   etcd            go.etcd.io/etcd/server/v3              (tools/etcd/go.mod)
 #   helm            helm.sh/helm/v3/cmd/helm               (tools/helm/go.mod)
 #   livekit-server  github.com/livekit/livekit-server/cmd/server (tools/livekit/go.mod)
+#   coredns         github.com/coredns/coredns             (tools/coredns/go.mod)
+#   tilt            github.com/tilt-dev/tilt/cmd/tilt      (tools/tilt/go.mod)
+#   pause           the Pod sandbox process                (tools/pause, our own source)
 #
 # Each is built once per version into a cache outside the checkout:
 #
 #   ${DUPLEX_CACHE:-$HOME/.cache/duplex}/bin/<name>-<version>
 #
 # The version (the cache key) is read from the require line of the tool's go.mod, so
-# bumping a pin there builds a new binary next to the old one. Go's module and build
+# bumping a pin there builds a new binary next to the old one; for pause, whose source is
+# here, it is a hash of that source. Go's module and build
 # caches live under the same directory (gomodcache/, gocache/), so a second run, or a
 # run after `go mod download` in tools/*, needs no network.
 #
-# Usage: tools/build-test-binaries.sh [--check] [kube-apiserver|etcd|helm|livekit-server ...]
+# Usage: tools/build-test-binaries.sh [--check] [NAME ...]   (the names above)
 #   no names   all of them
 #   --check    build nothing; print what is cached, exit 1 if any is missing
 # Prints one line per binary on stdout: <name>=<absolute path>. Progress goes to stderr.
@@ -24,8 +30,10 @@
 #   DUPLEX_CACHE        cache root (default $HOME/.cache/duplex)
 #   DUPLEX_BUILD_JOBS   go build -p N (default: go's own, the number of CPUs)
 #
-# Needs Go >= 1.22 on PATH; no cgo (CGO_ENABLED=0), no C compiler.
-# kube-apiserver is the big one: several minutes and a few GiB of memory on 2 cores.
+# Needs Go >= 1.22 on PATH; no cgo (CGO_ENABLED=0), no C compiler, except for tilt, whose
+# Tiltfile language server parses with tree-sitter (cgo: a C compiler, gcc).
+# The Kubernetes binaries are the big ones: minutes each and a few GiB of memory on 2 cores
+# (they share most packages, so the first is the slowest).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -40,38 +48,53 @@ names=()
 for arg in "$@"; do
     case "$arg" in
         --check) check_only=1 ;;
-        -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        kube-apiserver|etcd|helm|livekit-server) names+=("$arg") ;;
-        *) die "unknown argument '$arg' (expected --check, kube-apiserver, etcd, helm or livekit-server)" ;;
+        -h|--help) sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -*) die "unknown option '$arg' (expected --check)" ;;
+        *) names+=("$arg") ;;
     esac
 done
+all_names=(kube-apiserver etcd helm livekit-server kube-controller-manager kube-scheduler
+    kubelet kube-proxy kubectl coredns tilt pause)
 if [ "${#names[@]}" -eq 0 ]; then
-    names=(kube-apiserver etcd helm livekit-server)
+    names=("${all_names[@]}")
 fi
+for name in "${names[@]}"; do
+    [[ " ${all_names[*]} " == *" $name "* ]] || die "unknown binary '$name' (expected one of: ${all_names[*]})"
+done
 
 # name -> (module dir under tools/, module whose version is the cache key, main package)
+# A module of ours (pause) has no required version: the empty module name says so.
 tool_dir() {
     case "$1" in
-        kube-apiserver) echo "$here/k8s" ;;
+        kube-*|kubelet|kubectl) echo "$here/k8s" ;;
         etcd) echo "$here/etcd" ;;
         helm) echo "$here/helm" ;;
         livekit-server) echo "$here/livekit" ;;
+        coredns) echo "$here/coredns" ;;
+        tilt) echo "$here/tilt" ;;
+        pause) echo "$here/pause" ;;
     esac
 }
 tool_module() {
     case "$1" in
-        kube-apiserver) echo "k8s.io/kubernetes" ;;
+        kube-*|kubelet|kubectl) echo "k8s.io/kubernetes" ;;
         etcd) echo "go.etcd.io/etcd/server/v3" ;;
         helm) echo "helm.sh/helm/v3" ;;
         livekit-server) echo "github.com/livekit/livekit-server" ;;
+        coredns) echo "github.com/coredns/coredns" ;;
+        tilt) echo "github.com/tilt-dev/tilt" ;;
+        pause) echo "" ;;
     esac
 }
 tool_package() {
     case "$1" in
-        kube-apiserver) echo "k8s.io/kubernetes/cmd/kube-apiserver" ;;
+        kube-*|kubelet|kubectl) echo "k8s.io/kubernetes/cmd/$1" ;;
         etcd) echo "go.etcd.io/etcd/server/v3" ;;
         helm) echo "helm.sh/helm/v3/cmd/helm" ;;
         livekit-server) echo "github.com/livekit/livekit-server/cmd/server" ;;
+        coredns) echo "github.com/coredns/coredns" ;;
+        tilt) echo "github.com/tilt-dev/tilt/cmd/tilt" ;;
+        pause) echo "." ;;
     esac
 }
 
@@ -90,7 +113,7 @@ required_version() {
 ldflags_for() {
     local name="$1" version="$2" gomod="$3"
     case "$name" in
-        kube-apiserver)
+        kube-*|kubelet|kubectl)
             # What kube's own build stamps (hack/lib/version.sh), so /version reports
             # the real release instead of v0.0.0-master.
             local major minor flags=""
@@ -103,8 +126,12 @@ ldflags_for() {
             done
             echo "-s -w$flags"
             ;;
-        etcd|livekit-server)
+        etcd|livekit-server|coredns|pause)
             echo "-s -w"
+            ;;
+        tilt)
+            # Tilt's release build stamps its version (goreleaser: main.version).
+            echo "-s -w -X main.version=${version#v}"
             ;;
         helm)
             # helm's Makefile stamps its version and the Kubernetes version it was built
@@ -131,8 +158,13 @@ for name in "${names[@]}"; do
     dir="$(tool_dir "$name")"
     gomod="$dir/go.mod"
     [ -f "$gomod" ] || die "$gomod not found"
-    version="$(required_version "$gomod" "$(tool_module "$name")")"
-    [ -n "$version" ] || die "no version of $(tool_module "$name") required in $gomod"
+    module="$(tool_module "$name")"
+    if [ -n "$module" ]; then
+        version="$(required_version "$gomod" "$module")"
+        [ -n "$version" ] || die "no version of $module required in $gomod"
+    else
+        version="src-$(cd "$dir" && cat go.mod ./*.go | sha256sum | cut -c1-12)"
+    fi
     paths[$name]="$bindir/$name-$version"
     if [ ! -x "${paths[$name]}" ]; then
         missing+=("$name")
@@ -197,7 +229,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
         tmp="$out.tmp.$$"
         log "building $name $version -> $out"
         start=$SECONDS
-        if ! (cd "$dir" && go build -trimpath ${jobs_flag[@]+"${jobs_flag[@]}"} -ldflags "$ldflags" \
+        cgo=0
+        if [ "$name" = tilt ]; then
+            cgo=1
+        fi
+        if ! (cd "$dir" && CGO_ENABLED=$cgo go build -trimpath ${jobs_flag[@]+"${jobs_flag[@]}"} -ldflags "$ldflags" \
                 -o "$tmp" "$(tool_package "$name")"); then
             rm -f "$tmp"
             die "go build of $name $version failed (module $dir)"
