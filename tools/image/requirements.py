@@ -1,0 +1,30 @@
+"""Print the image's requirements, one per line, from pyproject.toml (the Dockerfile's deps stage).
+
+The dependencies of the extras `all` and `operator` (following `duplex-voice[...]` references
+between extras), and the build requirements: the project itself is installed without build
+isolation. Run by the Dockerfile as `python requirements.py pyproject.toml`.
+"""
+
+import re
+import sys
+import tomllib
+
+with open(sys.argv[1], "rb") as f:
+    meta = tomllib.load(f)
+project = meta["project"]
+extras = project["optional-dependencies"]
+self_ref = re.compile(re.escape(project["name"]) + r"\[([^\]]+)\]")
+requirements = list(project["dependencies"]) + list(meta["build-system"]["requires"])
+wanted, seen = ["all", "operator"], set()
+while wanted:
+    extra = wanted.pop()
+    if extra in seen:
+        continue
+    seen.add(extra)
+    for requirement in extras[extra]:
+        nested = self_ref.fullmatch(requirement.replace(" ", ""))
+        if nested:
+            wanted += nested.group(1).split(",")
+        else:
+            requirements.append(requirement)
+print("\n".join(requirements))
