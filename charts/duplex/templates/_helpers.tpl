@@ -103,3 +103,13 @@ rather than the operator's start. */ -}}
 {{- end -}}
 {{- toYaml $pools -}}
 {{- end -}}
+
+{{/*
+Annotations from values, each value a string: `--set podAnnotations.revision=2` makes a number,
+which the API server refuses in an annotation.
+*/}}
+{{- define "duplex.annotations" -}}
+{{- range $key, $value := . }}
+{{ $key | quote }}: {{ $value | toString | quote }}
+{{- end }}
+{{- end -}}
