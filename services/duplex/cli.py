@@ -335,6 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     bw.set_defaults(func=cmd_bench_worker)
     bo = bench.add_parser("operator", help="time from applying a TTSModel to resident")
     bo.add_argument("--kubeconfig", type=Path, help="bench this cluster (default: a local one)")
+    bo.add_argument(
+        "--cluster",
+        action="store_true",
+        help="real Pods on tools/cluster's Kubernetes (run inside it: tools/cluster exec ...)",
+    )
     bo.add_argument("--namespace", help="namespace the operator manages there")
     bo.add_argument("--redis", help="Redis URL the cluster's workers register in")
     bo.add_argument("--models", default=DEFAULT_BENCH_MODELS, help="CPU model ids to apply in turn")

@@ -10,7 +10,9 @@ for the worker to unload it before the next run. Runs of two kinds, each reporte
 - existing Pod: the Pod from the runs before is there, so only the model loads.
 A run that does not reach a state within `--timeout` is a failed run, counted and printed.
 
-With `--kubeconfig` it measures a cluster where the operator already runs. Without, it brings
+With `--cluster` it measures real Pods on the local Kubernetes of tools/cluster, and also a
+worker Pod deleted under its models (duplex.bench.cluster). With `--kubeconfig` it measures a
+cluster where the operator already runs. Without either, it brings
 up everything on this machine: etcd + kube-apiserver (from a source checkout's test
 binaries), redis-server, `duplex operator`, and a stand-in kubelet that runs worker Pods as
 local processes.
@@ -263,7 +265,12 @@ async def run_operator_bench(opts: argparse.Namespace) -> int:
         raise DuplexError("--runs must be at least 1")
     models = [m.strip() for m in opts.models.split(",") if m.strip()]
     async with contextlib.AsyncExitStack() as stack:
-        if opts.kubeconfig:
+        if opts.cluster:
+            # Real Pods on tools/cluster's Kubernetes (see duplex.bench.cluster).
+            from duplex.bench.cluster import local_kubernetes
+
+            target = await stack.enter_async_context(local_kubernetes(opts.timeout))
+        elif opts.kubeconfig:
             if not opts.redis:
                 raise DuplexError("--redis is needed with --kubeconfig (where workers register)")
             client = KubeClient.load(opts.kubeconfig)
@@ -277,6 +284,10 @@ async def run_operator_bench(opts: argparse.Namespace) -> int:
             target = await stack.enter_async_context(_local_cluster(workdir))
         try:
             figures = await _bench(target, models, opts.runs, opts.cold_runs, opts.timeout)
+            if opts.cluster:
+                from duplex.bench.cluster import pod_deleted_runs
+
+                await pod_deleted_runs(target, figures, models, opts.cold_runs, opts.timeout)
         except KubeApiError as exc:
             raise DuplexError(f"the API server refused the benchmark's TTSModel: {exc}") from exc
     series = list(figures.series.values())
