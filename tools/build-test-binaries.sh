@@ -9,6 +9,7 @@
 #   livekit-server  github.com/livekit/livekit-server/cmd/server (tools/livekit/go.mod)
 #   coredns         github.com/coredns/coredns             (tools/coredns/go.mod)
 #   tilt            github.com/tilt-dev/tilt/cmd/tilt      (tools/tilt/go.mod)
+#   registry        github.com/distribution/distribution/v3/cmd/registry (tools/registry/go.mod)
 #   pause           the Pod sandbox process                (tools/pause, our own source)
 #
 # Each is built once per version into a cache outside the checkout:
@@ -48,13 +49,13 @@ names=()
 for arg in "$@"; do
     case "$arg" in
         --check) check_only=1 ;;
-        -h|--help) sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) die "unknown option '$arg' (expected --check)" ;;
         *) names+=("$arg") ;;
     esac
 done
 all_names=(kube-apiserver etcd helm livekit-server kube-controller-manager kube-scheduler
-    kubelet kube-proxy kubectl coredns tilt pause)
+    kubelet kube-proxy kubectl coredns tilt registry pause)
 if [ "${#names[@]}" -eq 0 ]; then
     names=("${all_names[@]}")
 fi
@@ -72,6 +73,7 @@ tool_dir() {
         livekit-server) echo "$here/livekit" ;;
         coredns) echo "$here/coredns" ;;
         tilt) echo "$here/tilt" ;;
+        registry) echo "$here/registry" ;;
         pause) echo "$here/pause" ;;
     esac
 }
@@ -83,6 +85,7 @@ tool_module() {
         livekit-server) echo "github.com/livekit/livekit-server" ;;
         coredns) echo "github.com/coredns/coredns" ;;
         tilt) echo "github.com/tilt-dev/tilt" ;;
+        registry) echo "github.com/distribution/distribution/v3" ;;
         pause) echo "" ;;
     esac
 }
@@ -94,6 +97,7 @@ tool_package() {
         livekit-server) echo "github.com/livekit/livekit-server/cmd/server" ;;
         coredns) echo "github.com/coredns/coredns" ;;
         tilt) echo "github.com/tilt-dev/tilt/cmd/tilt" ;;
+        registry) echo "github.com/distribution/distribution/v3/cmd/registry" ;;
         pause) echo "." ;;
     esac
 }
@@ -126,7 +130,7 @@ ldflags_for() {
             done
             echo "-s -w$flags"
             ;;
-        etcd|livekit-server|coredns|pause)
+        etcd|livekit-server|coredns|registry|pause)
             echo "-s -w"
             ;;
         tilt)
