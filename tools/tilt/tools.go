@@ -1,9 +1,0 @@
-//go:build tools
-
-// Package tools pins the Tilt main package in this module's go.mod/go.sum. It is never
-// compiled (build tag "tools"); tools/build-test-binaries.sh builds the binary.
-package tools
-
-import (
-	_ "github.com/tilt-dev/tilt/cmd/tilt"
-)
