@@ -359,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="websocket,livekit",
         help="websocket, livekit or both (LiveKit: a local livekit-server, or --url's)",
     )
+    bc.add_argument(
+        "--sessions",
+        help="instead: this many spoken conversations at once (comma-separated levels, e.g. "
+        "1,4,10,20), over the WebSocket",
+    )
+    bc.add_argument("--questions", type=int, default=3, help="questions per conversation there")
     bc.add_argument("--json", type=Path, help="also write the results as JSON")
     bc.set_defaults(func=cmd_bench_conversation)
     return parser

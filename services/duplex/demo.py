@@ -23,8 +23,14 @@ from duplex.worker.server import Worker
 def demo_configs(opts: argparse.Namespace) -> tuple[WorkerConfig, OrchestratorConfig]:
     model = opts.model or "piper-joe"
     preload = [m for v in (opts.preload or []) for m in v.split(",") if m]
+    # The worker is this orchestrator's alone: it may hold every one of its sessions.
     worker = WorkerConfig(
-        name="demo-worker", host="127.0.0.1", port=0, default_model=model, preload=preload
+        name="demo-worker",
+        host="127.0.0.1",
+        port=0,
+        default_model=model,
+        preload=preload,
+        max_sessions_per_client=WorkerConfig.model_fields["max_sessions"].default,
     )
     responder = {"kind": "openai", "url": opts.llm, "model": opts.llm_model} if opts.llm else {}
     orchestrator = load_config(

@@ -3,6 +3,10 @@
 Boundaries (RPC handlers, session loops) catch `DuplexError` and map it: `grpc_code` becomes the
 gRPC status, `code` the WebSocket `error` event's code. `retryable` tells a caller whether the
 same request may succeed later (another worker, after a load finishes).
+
+The codes a conversation's client can see (the README lists them): invalid_argument, busy,
+unknown_model, worker_unavailable, model_load_failed, synthesis_failed, responder_failed,
+internal. Each comes with a message written for a person.
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ class SessionExists(DuplexError):
 
 
 class AtCapacity(DuplexError):
-    code = "at_capacity"
+    """No room: a worker at its session limit, or no worker with room for a new conversation."""
+
+    code = "busy"
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     retryable = True
 
@@ -74,3 +80,37 @@ class SynthesisFailed(DuplexError):
     code = "synthesis_failed"
     grpc_code = grpc.StatusCode.INTERNAL
     retryable = True
+
+
+class WorkerUnavailable(DuplexError):
+    """A worker could not be reached, or failed while speaking, and no other could take over."""
+
+    code = "worker_unavailable"
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    retryable = True
+
+
+def from_status(code: grpc.StatusCode, details: str) -> DuplexError:
+    """A worker's gRPC status as our error, keeping the worker's own message."""
+    details = details or code.name
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return AtCapacity(details)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidInput(details)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return UnknownModel(details)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return ModelLoadFailed(details)
+    if code == grpc.StatusCode.INTERNAL:
+        return SynthesisFailed(details)
+    return WorkerUnavailable(f"the TTS worker is unavailable ({code.name}: {details})")
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> DuplexError | None:
+    """The first of our errors inside a task group's exception group, however deeply nested."""
+    for exc in group.exceptions:
+        if isinstance(exc, DuplexError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup) and (inner := first_error(exc)):
+            return inner
+    return None

@@ -19,6 +19,7 @@ from duplex.clients.talk import SEND_RATE, talk_file
 from duplex.orchestrator.config import OrchestratorConfig
 from duplex.orchestrator.server import Orchestrator
 from duplex.orchestrator.session import ConversationSession, SessionStart
+from duplex.rpc.client import TtsClient
 from duplex.worker.config import WorkerConfig
 from duplex.worker.server import Worker
 from tests.conftest import Listener
@@ -318,6 +319,10 @@ async def test_barge_in_is_timed_from_the_onset_the_vad_heard(
             assert await conv.wait_for(
                 lambda: any(e.get("action") == "flush" for e in events(conv, "playback")), 10
             )
+            async with asyncio.timeout(5):  # observed right after the flush
+                while _sample(orch, "duplex_barge_in_last_frame_seconds_count") == last_frame_count:
+                    await asyncio.sleep(0.01)
+            # Read at once: the interruption's own turn may barge in on its reply later.
             assert _sample(orch, "duplex_barge_in_last_frame_seconds_count") == last_frame_count + 1
             stopped = _sample(orch, "duplex_barge_in_last_frame_seconds_sum") - last_frame_sum
             # Frames went out until the pause, none after it.
@@ -326,3 +331,31 @@ async def test_barge_in_is_timed_from_the_onset_the_vad_heard(
                 assert stopped > 0.02, stopped
         finally:
             runner.cancel()
+
+
+async def test_a_lost_tts_session_is_started_again(stack: tuple[Worker, Orchestrator]) -> None:
+    """The worker ends the conversation's session behind its back (a restart, a reaper): the
+    next reply starts a new one instead of failing with NOT_FOUND."""
+    worker, orch = stack
+    async with aiohttp.ClientSession() as http, http.ws_connect(url(stack)) as ws:
+        await ws.send_str(json.dumps({"type": "session.start", "sample_rate": 16000}))
+
+        async def reply() -> dict[str, Any]:
+            await ws.send_str(json.dumps({"type": "text", "text": "What is your name?"}))
+            async with asyncio.timeout(30):
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        event: dict[str, Any] = json.loads(msg.data)
+                        if event["type"] == "error" or (
+                            event["type"] == "reply" and event.get("final")
+                        ):
+                            return event
+            raise AssertionError("socket closed")
+
+        assert (await reply())["type"] == "reply"
+        (sid,) = worker.servicer.sessions
+        async with TtsClient(worker.address, client_id=orch.pool.client_id) as other:
+            await other.end_session(sid)
+        second = await reply()
+        assert second["type"] == "reply" and "duplex" in second["text"].lower(), second
+        assert list(worker.servicer.sessions) != [sid]

@@ -186,3 +186,25 @@ async def test_capabilities_and_models(client: TtsClient) -> None:
     models = {m.model_id: m for m in await client.list_models()}
     assert models["piper-joe"].family == "piper" and models["piper-joe"].is_loaded
     assert "jf_alpha" in models["kokoro-ja"].metadata["voices"]
+
+
+async def test_a_stream_aborted_while_the_client_writes_reports_the_real_status(
+    client: TtsClient,
+) -> None:
+    """The worker refuses a chunk while the client is still writing more: the client sees
+    INVALID_ARGUMENT every time, not grpcio's INTERNAL "Internal error from Core"."""
+    codes = []
+    for i in range(40):
+        sid = f"s-abort-{i}"
+        await client.start_session(sid, "tone", {"pacing": "none"})
+
+        async def chunks() -> AsyncIterator[tuple[str, bool]]:
+            for j in range(60):
+                yield ("word " * 20_000 if j == 3 else "word "), False
+                await asyncio.sleep(0)
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            _ = [f async for f in client.synthesize(sid, chunks())]
+        codes.append(code_of(err))
+        await client.end_session(sid)
+    assert set(codes) == {grpc.StatusCode.INVALID_ARGUMENT}, codes

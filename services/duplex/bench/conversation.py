@@ -24,6 +24,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from duplex.bench.client import (
     synthesise_utterances,
     to_frames,
 )
-from duplex.bench.stats import Series, failure_lines, series_table
+from duplex.bench.stats import Series, failure_lines, fmt, series_table, table
 from duplex.clients.talk import SEND_RATE
 
 QUESTIONS = [
@@ -229,6 +230,73 @@ async def false_barge_in(connect: Connect, utt: dict[str, list[bytes]], runs: in
     return series
 
 
+async def load(url: str, model: str, utt: dict[str, list[bytes]], n: int, questions: int) -> Load:
+    """`n` spoken conversations at once over the WebSocket, each asking `questions` questions
+    in turn. A conversation refused as busy fails every question it would have asked."""
+    result = Load(n, Series(f"{n} at once: voice-to-voice"))
+
+    async def one(i: int) -> None:
+        async with conversation(url, model) as conv:
+            await conv.wait_for(
+                lambda: any(e["type"] in ("session.started", "error") for _, e in conv.events),
+                30,
+            )
+            refusal = [e for _, e in conv.events if e["type"] == "error"]
+            if refusal or not conv.events:
+                result.refused += 1
+                why = refusal[0].get("code", "error") if refusal else "no answer"
+                for _ in range(questions):
+                    result.v2v.fail(f"conversation refused ({why})")
+                return
+            for q in range(questions):
+                try:
+                    result.v2v.add(await ask(conv, utt[QUESTIONS[(i + q) % len(QUESTIONS)]]))
+                except Failed as exc:
+                    result.v2v.fail(str(exc))
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return result
+
+
+@dataclass
+class Load:
+    sessions: int
+    v2v: Series
+    refused: int = 0
+
+    @property
+    def ok(self) -> bool:
+        p95 = self.v2v.summary()["p95"]
+        return not self.v2v.failures and p95 is not None and p95 < 1.0
+
+    def summary(self) -> dict[str, Any]:
+        return {"sessions": self.sessions, "refused": self.refused, **self.v2v.summary()}
+
+
+def render_load(loads: list[Load]) -> str:
+    rows = [
+        [
+            str(x.sessions),
+            str(x.refused),
+            str(x.v2v.n),
+            str(len(x.v2v.failures)),
+            *(fmt(x.v2v.summary()[k], "ms") for k in ("p50", "p95", "max")),
+        ]
+        for x in loads
+    ]
+    best = max((x.sessions for x in loads if x.ok), default=None)
+    lines = [
+        table(["at once", "refused", "questions", "failed", "v2v p50", "p95", "max"], rows),
+        "(voice-to-voice in ms at the client; failed questions include those of refused"
+        " conversations)",
+        f"largest N with no failures and v2v p95 < 1 s: {best if best is not None else 'none'}",
+    ]
+    failed = failure_lines([x.v2v for x in loads])
+    if failed:
+        lines += ["failed runs:", *failed]
+    return "\n".join(lines)
+
+
 @contextlib.contextmanager
 def _demo_process(model: str, livekit: bool) -> Any:
     import subprocess
@@ -298,6 +366,8 @@ async def run_conversation_bench(opts: argparse.Namespace) -> int:
         want_livekit = False
     print("· synthesising utterances", file=sys.stderr, flush=True)
     utt = await synthesise_utterances([*QUESTIONS, INTERRUPTION, LONG_REQUEST], "piper-joe")
+    if opts.sessions:
+        return await _run_load(opts, utt)
     results: dict[str, list[Series]] = {}
     with contextlib.ExitStack() as stack:
         url = opts.url or stack.enter_context(_demo_process(opts.model, want_livekit))
@@ -332,3 +402,19 @@ async def run_conversation_bench(opts: argparse.Namespace) -> int:
         )
         await asyncio.to_thread(Path(opts.json).write_text, text)
     return 1 if failed else 0
+
+
+async def _run_load(opts: argparse.Namespace, utt: dict[str, list[bytes]]) -> int:
+    levels = [int(n) for n in opts.sessions.split(",") if n.strip()]
+    loads = []
+    with contextlib.ExitStack() as stack:
+        url = opts.url or stack.enter_context(_demo_process(opts.model, livekit=False))
+        for n in levels:
+            print(f"· {n} conversations at once", file=sys.stderr, flush=True)
+            loads.append(await load(url, opts.model, utt, n, opts.questions))
+            await asyncio.sleep(2)  # let the last conversations' sessions end
+    print(render_load(loads))
+    if opts.json:
+        text = json.dumps({"load": [x.summary() for x in loads]}, indent=2)
+        await asyncio.to_thread(Path(opts.json).write_text, text)
+    return 0 if all(not x.v2v.failures for x in loads) else 1

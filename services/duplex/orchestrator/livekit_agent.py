@@ -57,7 +57,7 @@ class RoomOutput:
     def __init__(self, room: rtc.Room, source: rtc.AudioSource) -> None:
         self._room = room
         self._source = source
-        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._audio: collections.deque[PcmFrame] = collections.deque()
         # Frames handed to the SDK, newest last: the tail of these is what it still holds.
         self._sent: collections.deque[PcmFrame] = collections.deque(
@@ -66,6 +66,8 @@ class RoomOutput:
         self._generation = 0  # bumped by pause and flush: a frame in flight is not "sent"
         self._paused = False
         self._wake = asyncio.Event()
+        # Set once a refusal has been delivered: the agent then leaves the room.
+        self.hung_up = asyncio.Event()
 
     def send_event(self, event: dict[str, Any]) -> None:
         if event.get("type") == "playback":
@@ -84,6 +86,10 @@ class RoomOutput:
     def send_audio(self, frame: PcmFrame) -> None:
         self._audio.append(frame)
         self._wake.set()
+
+    def refuse(self, code: str, message: str) -> None:
+        self._events.put_nowait({"type": "error", "code": code, "message": message})
+        self._events.put_nowait(None)  # after that event: leave the room
 
     def _drop_queued(self, *, keep: bool) -> None:
         self._generation += 1
@@ -113,6 +119,9 @@ class RoomOutput:
         participant = self._room.local_participant
         while True:
             event = await self._events.get()
+            if event is None:
+                self.hung_up.set()
+                return
             try:
                 await participant.publish_data(json.dumps(event), reliable=True, topic=TOPIC)
             except Exception as exc:  # boundary: a closing room drops its last events
@@ -236,6 +245,7 @@ class LiveKitAgent:
             tasks.spawn(output.write_events(), "events-out")
             tasks.spawn(_hear(mic, holder), "audio-in")
             tasks.spawn(self._handle_messages(messages, holder, output), "messages")
+            tasks.spawn(_set_when(output.hung_up, gone), "hang-up")
             await gone.wait()
         room.off("data_received", on_data)
         room.off("participant_disconnected", on_left)
@@ -309,3 +319,8 @@ async def _hear(track: rtc.Track, holder: _SessionHolder) -> None:
                 log.debug("skipped audio: %s", exc)
     finally:
         await stream.aclose()
+
+
+async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()

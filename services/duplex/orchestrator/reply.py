@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -21,16 +20,23 @@ import grpc
 
 from duplex.audio.frame import FRAME_SECONDS, PcmFrame
 from duplex.audio.pacing import FramePacer
+from duplex.errors import first_error, from_status
 from duplex.orchestrator.responder import Message, Responder
-from duplex.orchestrator.router import ClientPool, Route, Router
-from duplex.rpc.client import Command
+from duplex.orchestrator.tts_link import TtsLink, TtsSession
+from duplex.rpc.client import Command, TtsClient
 from duplex.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
 # Speech runs at roughly this many characters per second; it maps audio heard back to text.
 CHARS_PER_SECOND = 15.0
-_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}
+# Statuses of a worker that failed (or vanished) mid-reply: another worker takes over.
+_FAILOVER = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
 
 
 @dataclass
@@ -84,12 +90,7 @@ class Reply:
     def __init__(
         self,
         *,
-        router: Router,
-        pool: ClientPool,
-        tts_sessions: dict[str, str],
-        model: str,
-        voice: str | None,
-        language: str | None,
+        link: TtsLink,
         lead_seconds: float,
         send_audio: Callable[[PcmFrame], None],
         on_text: Callable[[str], None],
@@ -97,12 +98,7 @@ class Reply:
         tasks: TaskSet,
     ) -> None:
         self._tasks = tasks  # the session's: control calls outlive neither it nor this reply
-        self._router = router
-        self._pool = pool
-        self._tts_sessions = tts_sessions  # worker addr → TTS session id, kept across turns
-        self.model = model
-        self.voice = voice
-        self.language = language
+        self._link = link  # the conversation's TTS session, held across replies
         self._lead = lead_seconds
         self._send_audio = send_audio
         self._on_text = on_text
@@ -112,7 +108,7 @@ class Reply:
         self._frames: asyncio.Queue[PcmFrame | _End] = asyncio.Queue()
         self._running = asyncio.Event()
         self._running.set()
-        self._route: Route | None = None
+        self._session: TtsSession | None = None  # what this reply speaks with now
         self.stopped = False
 
     # -- control (called by the session) ---------------------------------------------------
@@ -127,15 +123,12 @@ class Reply:
         self._running.set()
 
     def _control(self, command: Command) -> None:
-        route = self._route
-        if route is None:
-            return
-        sid = self._tts_sessions.get(route.worker.addr)
-        if sid is None:
+        session = self._session
+        if session is None:
             return
         # Not awaited: the playout gate already silenced the client; the worker can follow.
-        client = self._pool.get(route.worker.addr)
-        self._tasks.spawn(client.control(sid, command), f"control:{command.name}")
+        client = self._link.client(session)
+        self._tasks.spawn(_control(client, session, command), f"control:{command.name}")
 
     def heard_seconds(self) -> float:
         """Audio the listener has heard: sent, minus what may still sit in their buffer."""
@@ -154,25 +147,34 @@ class Reply:
     # -- the stages ------------------------------------------------------------------------
 
     async def run(self, responder: Responder, history: list[Message], user_text: str) -> bool:
-        """Speak the whole reply; True when it played to the end, False when stopped."""
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._feed(responder, history, user_text), name="feed")
-            synth = tg.create_task(self._synthesise(), name="synth")
-            try:
-                await self._playout()
-            finally:
-                synth.cancel()
+        """Speak the whole reply; True when it played to the end, False when stopped.
+
+        A stage's own error (busy, worker unavailable, responder failed, ...) is raised as
+        itself, not wrapped in the task group's exception group.
+        """
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._feed(responder, history, user_text), name="feed")
+                synth = tg.create_task(self._synthesise(), name="synth")
+                try:
+                    await self._playout()
+                finally:
+                    synth.cancel()
+        except BaseExceptionGroup as group:
+            error = first_error(group)
+            if error is None:
+                raise
+            raise error from None
         return not self.stopped
 
     async def stop(self) -> None:
         self.stopped = True
         self._running.set()
-        route = self._route
-        sid = self._tts_sessions.get(route.worker.addr) if route else None
-        if route is not None and sid is not None:
+        session = self._session
+        if session is not None:
             with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
                 async with asyncio.timeout(1):
-                    await self._pool.get(route.worker.addr).control(sid, Command.STOP)
+                    await self._link.client(session).control(session.session_id, Command.STOP)
 
     async def _feed(self, responder: Responder, history: list[Message], user_text: str) -> None:
         last_sent = 0.0
@@ -190,15 +192,15 @@ class Reply:
 
     async def _synthesise(self) -> None:
         start, prefix = 0, ""
+        renewed = False
+        session = await self._link.for_reply()
         while True:
-            route = await self._router.route(self.model, self.language)
-            self._route = route
-            if route.load_on is not None:
-                self._request_load(route)
+            self._session = session
+            client = self._link.client(session)
             try:
-                sid = await self._session_on(route)
-                client = self._pool.get(route.worker.addr)
-                async for frame in client.synthesize(sid, self.text.follow(start, prefix)):
+                async for frame in client.synthesize(
+                    session.session_id, self.text.follow(start, prefix)
+                ):
                     if frame.frame is not None:
                         await self._frames.put(frame.frame)
                     if frame.is_final:
@@ -207,17 +209,18 @@ class Reply:
                 await self._frames.put(_End())  # the worker ended the stream (STOP)
                 return
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in _RETRYABLE or self.stopped:
-                    raise
-                log.warning(
-                    "worker %s failed mid-reply (%s); failing over",
-                    route.worker.name,
-                    exc.code().name,
-                )
-                self._router.directory.mark_failed(route.worker.name)
-                self._tts_sessions.pop(route.worker.addr, None)
-                self.stats.failovers += 1
+                if self.stopped:
+                    return
+                code = exc.code()
                 start, prefix = self._resume_point()
+                if code == grpc.StatusCode.NOT_FOUND and not renewed:
+                    renewed = True  # once: a session the worker lost is started again
+                    session = await self._link.renew(session)
+                elif code in _FAILOVER:
+                    self.stats.failovers += 1
+                    session = await self._link.failover(session, f"{code.name}: {exc.details()}")
+                else:
+                    raise from_status(code, exc.details() or "") from None
 
     def _resume_point(self) -> tuple[int, str]:
         """Where a new worker should start: the sentence the listener is in."""
@@ -227,30 +230,6 @@ class Reply:
         cut = max(text.rfind(mark, 0, heard) for mark in (". ", "? ", "! "))
         cut = cut + 2 if cut >= 0 else 0
         return len(pieces), text[cut:]
-
-    async def _session_on(self, route: Route) -> str:
-        addr = route.worker.addr
-        sid = self._tts_sessions.get(addr)
-        if sid is not None and sid.endswith(f":{route.model}:{self.voice}"):
-            return sid
-        client = self._pool.get(addr)
-        if sid is not None:
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                await client.end_session(sid)
-        sid = f"{uuid.uuid4().hex[:12]}:{route.model}:{self.voice}"
-        options = {"pacing": "realtime", "lead_ms": "100"}
-        if self.voice:
-            options["voice"] = self.voice
-        # Recorded before the call: if this task is cancelled mid-call, the session's cleanup
-        # still ends what the worker may have started.
-        self._tts_sessions[addr] = sid
-        await client.start_session(sid, route.model, options)
-        return sid
-
-    def _request_load(self, route: Route) -> None:
-        assert route.load_on is not None
-        client = self._pool.get(route.load_on.addr)
-        self._tasks.spawn(client.load_model(self.model, preload_only=True), "load")
 
     async def _playout(self) -> None:
         pacer = FramePacer(self._lead)
@@ -281,3 +260,10 @@ class Reply:
             self._send_audio(item)
             self.stats.last_sent_at = time.monotonic()
             self.stats.frames_sent += 1
+
+
+async def _control(client: TtsClient, session: TtsSession, command: Command) -> None:
+    try:
+        await client.control(session.session_id, command)
+    except grpc.aio.AioRpcError as exc:  # the stream reports what went wrong with the session
+        log.info("%s on %s failed: %s", command.name, session.worker.name, exc.details())

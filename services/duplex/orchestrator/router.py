@@ -1,16 +1,21 @@
 """Which worker speaks a turn: discovery (static or Redis) and the routing rule.
 
-Rule: filter by model availability, language and free capacity → prefer workers where the
-model is resident → least loaded, choosing at random among near-equal loads (stale load
-reports would otherwise pile a burst of sessions onto one worker). If the model is resident
-nowhere, the best worker is asked to load it and a resident fallback speaks meanwhile.
+Rule: filter by model availability and language → prefer workers where the model is resident
+→ those reported to have room → least loaded, choosing at random among near-equal loads
+(stale load reports would otherwise pile a burst of sessions onto one worker). If the model is
+resident nowhere, the best worker is asked to load it and a resident fallback speaks meanwhile.
+The router only orders the candidates: whether a worker has room is its own answer to
+StartSession (see `tts_link`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import random
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +25,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from duplex.discovery import EVENTS_CHANNEL, KEY_PREFIX, WorkerEvent, WorkerRecord, worker_key
-from duplex.errors import AtCapacity, UnknownModel
+from duplex.errors import UnknownModel
 from duplex.rpc.client import TtsClient
 from duplex.tasks import TaskSet
 
@@ -54,18 +59,34 @@ class Route:
 
 
 class ClientPool:
-    """One gRPC channel per worker address, shared by every session of this process."""
+    """One gRPC channel per worker address, shared by every session of this process.
 
-    def __init__(self) -> None:
+    The process is one client to every worker (one `duplex-client` name), and owns the
+    background calls that end sessions nobody waits for.
+    """
+
+    def __init__(self, client_id: str | None = None) -> None:
+        self.client_id = client_id or f"orchestrator-{socket.gethostname()}-{os.getpid()}"
         self._clients: dict[str, TtsClient] = {}
+        self._cleanup = TaskSet("session-cleanup")
 
     def get(self, addr: str) -> TtsClient:
         client = self._clients.get(addr)
         if client is None:
-            client = self._clients[addr] = TtsClient(addr)
+            client = self._clients[addr] = TtsClient(addr, self.client_id)
         return client
 
+    def end_later(self, addr: str, session_id: str) -> None:
+        """End a session in the background (gone or slow workers: their reaper ends it)."""
+        self._cleanup.spawn(self._end(addr, session_id), f"end:{session_id}")
+
+    async def _end(self, addr: str, session_id: str) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
+            async with asyncio.timeout(3):
+                await self.get(addr).end_session(session_id)
+
     async def aclose(self) -> None:
+        await self._cleanup.aclose()
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
@@ -204,51 +225,57 @@ class Router:
         self.directory = directory
         self._rng = rng or random.Random()
 
-    async def route(self, model: str, language: str | None = None) -> Route:
-        # Load and residency change all the time: refresh before deciding.
+    async def refresh(self) -> None:
+        """Load and residency change all the time: refresh before deciding."""
         try:
             await self.directory.refresh()
         except (RedisError, OSError) as exc:
             log.warning("discovery refresh failed, routing on the last view: %s", exc)
-        workers = self.directory.workers()
+
+    async def route(self, model: str, language: str | None = None) -> Route:
+        """The best place to speak `model` now (see `candidates`)."""
+        return (await self.candidates(model, language))[0]
+
+    async def candidates(
+        self, model: str, language: str | None = None, exclude: frozenset[str] = frozenset()
+    ) -> list[Route]:
+        """Where a new session for `model` could go, best first.
+
+        Workers with the model resident come first, those reported to have room before those
+        reported full (reports lag: a full one may have room by now, and asking costs one
+        call), least loaded first. If it is resident nowhere, resident fallbacks speak while
+        the best worker loads it, then the workers that would load it while the caller waits.
+        """
+        await self.refresh()
+        workers = [w for w in self.directory.workers() if w.name not in exclude]
         serving = [w for w in workers if model in w.models and _speaks(w, model, language)]
         if not serving:
             known = sorted({m for w in workers for m in w.models})
             raise UnknownModel(
-                f"no worker serves model {model!r}"
-                + (f" in {language!r}" if language else "")
+                f"no worker serves model {model[:80]!r}"
+                + (f" in {language[:40]!r}" if language else "")
                 + (f"; available: {', '.join(known)}" if known else "; no workers are up")
             )
-        free = [w for w in serving if w.active_sessions < w.max_sessions]
-        if not free:
-            raise AtCapacity(f"every worker serving {model!r} is at its session limit")
-        resident = [w for w in free if model in w.resident]
+        resident = [w for w in serving if model in w.resident]
         if resident:
-            return Route(self._least_loaded(resident), model)
-        target = self._least_loaded(free)
-        fallback = self._fallback(free, language, exclude=model)
-        if fallback is None:
-            return Route(target, model)  # nothing else to say it with: wait for the load
-        return Route(fallback[0], fallback[1], load_on=target)
-
-    def _least_loaded(self, workers: list[WorkerView]) -> WorkerView:
-        best = min(w.load for w in workers)
-        near = [w for w in workers if w.load <= best + 0.1]
-        return self._rng.choice(near)
-
-    def _fallback(
-        self, workers: list[WorkerView], language: str | None, exclude: str
-    ) -> tuple[WorkerView, str] | None:
-        options = [
-            (w, m)
-            for w in workers
+            return [Route(w, model) for w in self._ordered(resident)]
+        loaders = self._ordered(serving)
+        target = loaders[0]
+        fallbacks = [
+            Route(w, m, load_on=target)
+            for w in self._ordered(workers)
             for m in sorted(w.resident)
-            if m != exclude and _speaks(w, m, language)
+            if m != model and _speaks(w, m, language)
         ]
-        if not options:
-            return None
-        w = self._least_loaded([w for w, _ in options])
-        return w, next(m for ww, m in options if ww is w)
+        return fallbacks + [Route(w, model) for w in loaders]
+
+    def _ordered(self, workers: list[WorkerView]) -> list[WorkerView]:
+        """Room first, then least loaded, choosing at random among near-equal loads."""
+        jitter = {w.name: self._rng.random() * 0.1 for w in workers}
+        return sorted(
+            workers,
+            key=lambda w: (w.active_sessions >= w.max_sessions, w.load + jitter[w.name]),
+        )
 
 
 def _speaks(worker: WorkerView, model: str, language: str | None) -> bool:

@@ -31,6 +31,7 @@ from duplex.orchestrator.session import (
     Services,
     apply_client_message,
 )
+from duplex.orchestrator.vad import SileroModel
 from duplex.tasks import TaskSet
 
 if TYPE_CHECKING:
@@ -41,18 +42,34 @@ log = logging.getLogger(__name__)
 WEB_DIR = Path(str(resources.files("duplex.orchestrator") / "web"))
 
 
+# RFC 6455 §7.4.1 "Try Again Later": the server cannot take the conversation now.
+CLOSE_BUSY = 1013
+
+
+class _Close:
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
 class WsOutput:
     """Queues a session's events and audio; one writer task sends them in order."""
 
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self._ws = ws
-        self._queue: asyncio.Queue[dict[str, Any] | bytes] = asyncio.Queue()
+        self._queue: asyncio.Queue[dict[str, Any] | bytes | _Close] = asyncio.Queue()
+        self.close: _Close | None = None  # set once the session asked to hang up
+        self.hung_up = asyncio.Event()  # ... and everything before that was sent
 
     def send_event(self, event: dict[str, Any]) -> None:
         self._queue.put_nowait(event)
 
     def send_audio(self, frame: PcmFrame) -> None:
         self._queue.put_nowait(frame.data)
+
+    def refuse(self, code: str, message: str) -> None:
+        self._queue.put_nowait({"type": "error", "code": code, "message": message})
+        self._queue.put_nowait(_Close(CLOSE_BUSY, code))
 
     async def write(self) -> None:
         while True:
@@ -61,6 +78,10 @@ class WsOutput:
                 return
             if isinstance(item, bytes):
                 await self._ws.send_bytes(item)
+            elif isinstance(item, _Close):
+                self.close = item
+                self.hung_up.set()
+                return
             else:
                 await self._ws.send_str(json.dumps(item))
 
@@ -79,7 +100,7 @@ class Orchestrator:
         self.asr = WhisperTranscriber(config.asr)
         self.responder = make_responder(config.responder)
         self.services = Services(
-            config, self.router, self.pool, self.asr, self.responder, self.metrics
+            config, self.router, self.pool, self.asr, self.responder, self.metrics, SileroModel()
         )
         self._runner: web.AppRunner | None = None
         self._tasks = TaskSet("orchestrator")
@@ -179,11 +200,27 @@ class Orchestrator:
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4 << 20)
         await ws.prepare(request)
         output = WsOutput(ws)
-        session: ConversationSession | None = None
         async with asyncio.TaskGroup() as tg:
             writer = tg.create_task(output.write(), name="ws-writer")
-            runner: asyncio.Task[None] | None = None
+            reader = tg.create_task(self._read_client(ws, output), name="ws-reader")
+            hang_up = tg.create_task(output.hung_up.wait(), name="ws-hang-up")
             try:
+                await asyncio.wait({reader, hang_up}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (reader, hang_up, writer):
+                    task.cancel()
+        if output.close is not None and not ws.closed:
+            # Closed from this task, not the reader's: aiohttp then waits for the client's
+            # close frame, so the client sees our code rather than a dropped connection.
+            await ws.close(code=output.close.code, message=output.close.reason.encode())
+        return ws
+
+    async def _read_client(self, ws: web.WebSocketResponse, output: WsOutput) -> None:
+        """The client's messages, until it leaves; a new session.start replaces the session."""
+        session: ConversationSession | None = None
+        runner: asyncio.Task[None] | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
                 async for msg in ws:
                     try:
                         if msg.type == WSMsgType.BINARY:
@@ -192,7 +229,7 @@ class Orchestrator:
                             session.feed_audio(msg.data)
                         elif msg.type == WSMsgType.TEXT:
                             start = await apply_client_message(msg.data, session, self.config)
-                            if start is not None:  # a new session.start replaces the old
+                            if start is not None:
                                 if runner is not None:
                                     runner.cancel()
                                 session = ConversationSession(self.services, output, start)
@@ -202,11 +239,11 @@ class Orchestrator:
                     except DuplexError as exc:
                         self.metrics.errors.labels(exc.code).inc()
                         output.send_event({"type": "error", "code": exc.code, "message": str(exc)})
-            finally:
                 if runner is not None:
                     runner.cancel()
-                writer.cancel()
-        return ws
+        finally:
+            if runner is not None:
+                runner.cancel()
 
 
 async def serve(config: OrchestratorConfig) -> None:

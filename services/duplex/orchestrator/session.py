@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from duplex.audio.frame import PcmFrame
 from duplex.audio.resample import StreamResampler
-from duplex.errors import DuplexError, InvalidInput
+from duplex.errors import AtCapacity, DuplexError, InvalidInput
 from duplex.orchestrator.asr import ASR_RATE, Transcript, WhisperTranscriber
 from duplex.orchestrator.config import OrchestratorConfig
 from duplex.orchestrator.metrics import OrchestratorMetrics
@@ -31,8 +31,9 @@ from duplex.orchestrator.reply import Reply
 from duplex.orchestrator.responder import Message, Responder
 from duplex.orchestrator.router import ClientPool, Router
 from duplex.orchestrator.state import State, StateMachine
+from duplex.orchestrator.tts_link import TtsLink
 from duplex.orchestrator.turn import TurnPolicy, is_backchannel, transcript_silence, words
-from duplex.orchestrator.vad import SileroVad, VadKind
+from duplex.orchestrator.vad import SileroModel, SileroVad, VadKind
 from duplex.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,27 @@ _HISTORY_TURNS = 20
 # Whisper's confidence below which a word heard over the bot is too unclear to count as an
 # interruption: on a grunt it guesses ("Oh", "I'll").
 _UNCLEAR = 0.4
+# No audio for this long while the VAD hears speech: the client stopped sending mid-sentence
+# (a dropped connection, a muted tab, the end of a file), and the speech ended with it.
+_STALL_SECONDS = 0.5
+# Transcripts taken while the user still speaks (partials, and speculative ones at every
+# dip in the voice) may use the ASR thread at most this share of the time, however long the
+# turn: the next waits for three times as long as the last one took.
+_ASR_DUTY = 0.25
+_FIELD_CHARS = 128  # model, voice and language names
+# A paused reply resumes only after this much silence: an unclear first word ("Wait,") can be
+# judged before the rest of an interruption, and resuming then would play a burst of reply.
+_RESUME_HOLD = 0.4
 
 
 class SessionOutput(Protocol):
-    """Where a session's output goes. Both calls queue and return at once, in order."""
+    """Where a session's output goes. The calls queue and return at once, in order."""
 
     def send_event(self, event: dict[str, Any]) -> None: ...
     def send_audio(self, frame: PcmFrame) -> None: ...
+
+    def refuse(self, code: str, message: str) -> None:
+        """The conversation cannot be served (no room): tell the client, then hang up."""
 
 
 @dataclass
@@ -62,6 +77,7 @@ class Services:
     asr: WhisperTranscriber
     responder: Responder
     metrics: OrchestratorMetrics
+    vad: SileroModel  # one network for every conversation; each keeps its own state
 
 
 @dataclass(frozen=True)
@@ -86,6 +102,8 @@ class SessionStart:
         for name, value in (("model", model), ("voice", voice), ("language", language)):
             if value is not None and not isinstance(value, str):
                 raise InvalidInput(f"{name} must be a string")
+            if isinstance(value, str) and len(value) > _FIELD_CHARS:
+                raise InvalidInput(f"{name} exceeds {_FIELD_CHARS} characters")
         return cls(int(rate), str(model), voice, language)
 
 
@@ -128,7 +146,7 @@ class ConversationSession:
         # audio that holds the onset, however far behind the listener is.
         self._audio: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue(maxsize=500)
         self._resampler = StreamResampler(start.sample_rate, ASR_RATE)
-        self._vad = SileroVad()
+        self._vad = SileroVad(services.vad)
         self._vad_samples = 0  # 16 kHz samples given to the VAD: its clock
         # (VAD samples up to the end of a frame, when that frame arrived), the last 10 s.
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=500)
@@ -144,12 +162,23 @@ class ConversationSession:
         self._transcript: asyncio.Task[Transcript] | None = None
         self._transcript_len = 0  # samples the running transcription covers
         self._spoken_len = 0  # samples of the utterance up to where its speech ended
+        self._next_early_asr = 0.0  # monotonic: no partial/speculative transcript before
+        # A turn cut at max_turn_seconds while the speech went on: its final transcript.
+        self._cut: tuple[asyncio.Task[Transcript], float] | None = None
         self._history: list[Message] = []
         self._reply: Reply | None = None
         self._reply_task: asyncio.Task[None] | None = None
         self._barge_started = 0.0
         self._barge_onset = 0.0  # monotonic arrival of the interrupting speech's onset
-        self._tts_sessions: dict[str, str] = {}
+        self._link = TtsLink(
+            services.router,
+            services.pool,
+            self._tasks,
+            model=start.model,
+            voice=start.voice,
+            language=start.language,
+        )
+        self._admitted = asyncio.Event()
         self.closed = asyncio.Event()
 
     # -- inputs from the transport -----------------------------------------------------------
@@ -191,17 +220,33 @@ class ConversationSession:
     # -- the session loop --------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Admit the conversation (a TTS session it keeps to the end), then serve it."""
         self._s.metrics.sessions.inc()
         self._s.metrics.sessions_total.inc()
         try:
+            try:
+                session = await self._link.admit()
+            except AtCapacity as exc:
+                self._s.metrics.errors.labels(exc.code).inc()
+                self._out.refuse(exc.code, str(exc))
+                return
+            except DuplexError as exc:
+                await self._error(exc.code, str(exc))
+                return
+            self._admitted.set()
             self._out.send_event(
-                {"type": "session.started", "session_id": self.id, "model": self.start.model}
+                {
+                    "type": "session.started",
+                    "session_id": self.id,
+                    "model": self.start.model,
+                    "speaking_with": session.model,
+                }
             )
             self._out.send_event({"type": "state", "state": self._machine.state.value})
             await self._listen()
         finally:
             await self._tasks.aclose()
-            await self._end_tts_sessions()
+            await self._link.aclose()
             self._s.metrics.sessions.dec()
             self.closed.set()
 
@@ -222,7 +267,7 @@ class ConversationSession:
         audio16 = self._resampler.process(audio)
         self._vad_samples += audio16.size
         self._arrivals.append((self._vad_samples, arrived))
-        if self._speech or self._silence_since is not None:
+        if self._vad.speaking or self._speech or self._silence_since is not None:
             self._speech.append(audio16)
         else:
             self._preroll.append(audio16)
@@ -235,10 +280,11 @@ class ConversationSession:
             self._vad.pausing
             and self._speech
             and (self._transcript is None or self._transcript.done())
+            and time.monotonic() >= self._next_early_asr
         ):
             # Speculative: transcribe as soon as the voice drops, before the VAD is sure the
             # speech has ended; if it has, the transcript is ready when the decision is due.
-            self._start_transcript()
+            self._start_transcript(early=True)
 
     def _arrival_of(self, audio_time: float) -> float:
         """When the frame holding this moment of the VAD's clock arrived (monotonic)."""
@@ -265,41 +311,53 @@ class ConversationSession:
         self._spoken_len = sum(a.size for a in self._speech) - int(hangover * ASR_RATE)
         self._start_transcript()
 
-    def _start_transcript(self) -> None:
+    def _start_transcript(self, *, early: bool = False) -> None:
         if self._transcript is not None and not self._transcript.done():
             return
         audio = np.concatenate(self._speech) if self._speech else np.zeros(0, np.float32)
         self._transcript_len = audio.size
-        self._transcript = self._tasks.spawn(self._transcribe(audio), "asr")
+        self._transcript = self._tasks.spawn(self._transcribe(audio, early=early), "asr")
 
-    async def _transcribe(self, audio: npt.NDArray[np.float32]) -> Transcript:
+    async def _transcribe(self, audio: npt.NDArray[np.float32], *, early: bool) -> Transcript:
         started = time.monotonic()
         transcript = await self._s.asr.transcribe(audio)
-        self._s.metrics.asr.observe(time.monotonic() - started)
+        took = time.monotonic() - started
+        self._s.metrics.asr.observe(took)
+        if early:
+            self._next_early_asr = time.monotonic() + took * (1 - _ASR_DUTY) / _ASR_DUTY
         return transcript
 
     async def _decide(self) -> None:
         """Called every frame (or 50 ms): act on what the listener knows now."""
         speaking = self._vad.speaking
         now = time.monotonic()
+        if speaking and now - self._last_frame_at > _STALL_SECONDS:
+            self._vad.end_speech()
+            self._on_speech_end(hangover=now - self._last_frame_at)
+            speaking = False
+        if self._cut is not None and self._cut[0].done():
+            cut, ended_at = self._cut
+            self._cut = None
+            await self._take_turn(_result(cut).text, ended_at)
         if self._machine.state == State.BARGED_IN:
             await self._judge_interruption(speaking, now)
             return
         if not self._speech:
             return
         if speaking:
+            if now - self._speech_started > self._policy.max_turn_seconds:
+                self._cut_turn(now)
+                return
             # Transcribe while the user talks: partial transcripts, and a head start at the end.
             # Not too often: a partial still running when the speech ends delays the answer.
             if (
                 now - self._speech_started > 1.5
+                and now >= self._next_early_asr
                 and (self._transcript is None or self._transcript.done())
                 and sum(a.size for a in self._speech) - self._transcript_len > ASR_RATE * 1.2
             ):
-                self._start_transcript()
+                self._start_transcript(early=True)
                 self._tasks.spawn(self._send_partial(self._transcript), "partial")
-            if now - self._speech_started > self._policy.max_turn_seconds:
-                self._silence_since = now
-                self._silence_audio = self._vad.now
             return
         if self._silence_since is None:
             return
@@ -319,8 +377,25 @@ class ConversationSession:
             return
         ended_at = self._silence_since
         self._reset_utterance()
+        await self._take_turn(text, ended_at)
+
+    async def _take_turn(self, text: str, ended_at: float) -> None:
+        """The user's turn is over: answer it (a reply still going gives way to it)."""
+        if not words(text):
+            return
+        if self._reply is not None:
+            await self._interrupt()
         self._out.send_event({"type": "transcript", "text": text, "final": True})
         self._begin_reply(text, ended_at)
+
+    def _cut_turn(self, now: float) -> None:
+        """`max_turn_seconds` of unbroken speech: what was said so far is the turn (transcribed
+        whole, once), and the speech that goes on starts the next utterance."""
+        audio = np.concatenate(self._speech)
+        if self._cut is None:
+            self._cut = (self._tasks.spawn(self._transcribe(audio, early=False), "asr-cut"), now)
+        self._reset_utterance()
+        self._speech_started = now
 
     async def _send_partial(self, task: asyncio.Task[Transcript] | None) -> None:
         if task is None:
@@ -385,13 +460,19 @@ class ConversationSession:
             if task is None:
                 self._start_transcript()
             return
+        # A speculative transcript from before the speech ended misses its tail: redo it, or
+        # "Wait, stop" judged on "Wai-" sounds like a cough and the reply resumes.
+        if self._transcript_len < self._spoken_len - ASR_RATE * 0.05:
+            self._start_transcript()
+            return
         transcript = _result(task)
         text = transcript.clear(_UNCLEAR)
         duration = sum(a.size for a in self._speech) / ASR_RATE - _PREROLL_SECONDS
-        if duration < cfg.min_speech_seconds or not words(text) or is_backchannel(text):
-            await self._resume_after_false_alarm(transcript.text)
-        else:
+        if duration >= cfg.min_speech_seconds and words(text) and not is_backchannel(text):
             await self._confirm_interruption()
+        elif self._silent_for(now) >= _RESUME_HOLD:
+            await self._resume_after_false_alarm(transcript.text)
+        # else: not yet; a pause inside "Wait, stop" must not let the reply blurt out a word
 
     async def _resume_after_false_alarm(self, text: str) -> None:
         self._reset_utterance()
@@ -448,12 +529,7 @@ class ConversationSession:
             self._out.send_event({"type": "metrics", "voice_to_voice_ms": round(v2v * 1000, 1)})
 
         reply = Reply(
-            router=self._s.router,
-            pool=self._s.pool,
-            tts_sessions=self._tts_sessions,
-            model=self.start.model,
-            voice=self.start.voice,
-            language=self.start.language,
+            link=self._link,
             lead_seconds=self._s.config.client_lead_ms / 1000,
             send_audio=self._out.send_audio,
             on_text=self._send_reply_text,
@@ -467,14 +543,17 @@ class ConversationSession:
         self._out.send_event({"type": "reply", "text": text})
 
     async def _speak(self, reply: Reply, history: list[Message], user_text: str) -> None:
+        await self._admitted.wait()
         try:
             complete = await reply.run(self._s.responder, history, user_text)
         except DuplexError as exc:
             await self._error(exc.code, str(exc))
             complete = False
-        except Exception as exc:  # boundary: grpc and responder failures end this reply only
+        except Exception:  # boundary: an unexpected failure ends this reply only
             log.exception("reply failed")
-            await self._error("reply_failed", f"the reply failed: {exc}")
+            await self._error(
+                "internal", "the reply failed on an internal error; the server log has details"
+            )
             complete = False
         if self._reply is not reply:
             return  # interrupted: the interrupter took over
@@ -500,16 +579,10 @@ class ConversationSession:
         self._s.metrics.errors.labels(code).inc()
         self._out.send_event({"type": "error", "code": code, "message": message})
 
-    async def _end_tts_sessions(self) -> None:
-        for addr, sid in self._tts_sessions.items():
-            with contextlib.suppress(Exception):  # a worker gone or slow: its reaper ends it
-                async with asyncio.timeout(3):
-                    await self._s.pool.get(addr).end_session(sid)
-        self._tts_sessions.clear()
-
 
 def _result(task: asyncio.Task[Transcript]) -> Transcript:
     """What a finished transcription heard; nothing if it failed (logged by its task set)."""
     if task.cancelled() or task.exception() is not None:
         return Transcript()
     return task.result()
+

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,11 +25,17 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 
+# The metadata key a client names itself by on every call: a worker keeps each session for
+# the client that started it and counts it against that client's share.
+CLIENT_METADATA = "duplex-client"
+
+
 class Command(enum.IntEnum):
     PAUSE = pb.PAUSE
     RESUME = pb.RESUME
     STOP = pb.STOP
     RELOAD = pb.RELOAD
+    KEEPALIVE = pb.KEEPALIVE
 
 
 class ProtocolError(Exception):
@@ -62,9 +71,49 @@ def _frame(msg: pb.AudioFrame) -> ReceivedFrame:
     return ReceivedFrame(msg.sequence_number, None, True)
 
 
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+_Status = tuple[grpc.StatusCode, str]
+
+
+def _completion_status(call: Any) -> _Status | None:
+    """The status a call completed with, as the transport delivered it.
+
+    grpcio (asyncio) can overwrite a bidi stream's status with INTERNAL "Internal error from
+    Core" when a write was still in flight as the server ended the call (grpc/grpc#36066); read
+    at completion, the server's own status is still there. None when it cannot be read.
+    """
+    status = getattr(getattr(call, "_cython_call", None), "_status", None)
+    if status is None:
+        return None
+    try:
+        return _STATUS_CODES[status.code()], str(status.details())
+    except (AttributeError, KeyError, TypeError):
+        return None
+
+
+def _real_error(exc: grpc.aio.AioRpcError, first: list[_Status | None]) -> grpc.aio.AioRpcError:
+    if exc.code() != grpc.StatusCode.INTERNAL or not first or first[0] is None:
+        return exc
+    code, details = first[0]
+    if code in (grpc.StatusCode.OK, grpc.StatusCode.INTERNAL):
+        return exc
+    return grpc.aio.AioRpcError(
+        code,
+        grpc.aio.Metadata(*exc.initial_metadata()),
+        grpc.aio.Metadata(*exc.trailing_metadata()),  # type: ignore[arg-type]
+        details,
+        exc.debug_error_string(),
+    )
+
+
 class TtsClient:
-    def __init__(self, address: str) -> None:
+    """One channel to a worker. Every call names this client (`client_id`): the worker keeps
+    the sessions it starts for it alone."""
+
+    def __init__(self, address: str, client_id: str | None = None) -> None:
         self.address = address
+        self.client_id = client_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._metadata = ((CLIENT_METADATA, self.client_id),)
         self._channel = grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
         self._stub = pb_grpc.TTSServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
@@ -85,17 +134,21 @@ class TtsClient:
         self, session_id: str, model_id: str = "", options: Mapping[str, str] | None = None
     ) -> str:
         reply = await self._stub.StartSession(
-            pb.StartSessionRequest(session_id=session_id, model_id=model_id, options=options or {})
+            pb.StartSessionRequest(session_id=session_id, model_id=model_id, options=options or {}),
+            metadata=self._metadata,
         )
         return str(reply.message)
 
     async def end_session(self, session_id: str) -> None:
-        await self._stub.EndSession(pb.EndSessionRequest(session_id=session_id))
+        await self._stub.EndSession(
+            pb.EndSessionRequest(session_id=session_id), metadata=self._metadata
+        )
 
     async def control(self, session_id: str, command: Command) -> int:
         """Send PAUSE/RESUME/STOP/RELOAD; returns the worker's timestamp (ms)."""
         reply = await self._stub.Control(
-            pb.ControlRequest(session_id=session_id, command=int(command))  # type: ignore[arg-type]
+            pb.ControlRequest(session_id=session_id, command=int(command)),  # type: ignore[arg-type]
+            metadata=self._metadata,
         )
         return int(reply.timestamp_ms)
 
@@ -112,12 +165,16 @@ class TtsClient:
                     session_id=session_id, text=text, is_final=final, sequence_number=n
                 )
 
-        return self._frames(self._stub.Synthesize(requests()))
+        return self._frames(self._stub.Synthesize(requests(), metadata=self._metadata))
 
     async def _frames(self, call: Any) -> AsyncIterator[ReceivedFrame]:
+        first: list[_Status | None] = []
+        call.add_done_callback(lambda done: first.append(_completion_status(done)))
         try:
             async for msg in call:
                 yield _frame(msg)
+        except grpc.aio.AioRpcError as exc:
+            raise _real_error(exc, first) from None
         finally:
             call.cancel()
 
@@ -133,7 +190,7 @@ class TtsClient:
                 return
 
     async def list_models(self) -> list[ModelInfo]:
-        reply = await self._stub.ListModels(pb.ListModelsRequest())
+        reply = await self._stub.ListModels(pb.ListModelsRequest(), metadata=self._metadata)
         return [
             ModelInfo(m.model_id, m.family, m.is_loaded, tuple(m.languages), dict(m.metadata))
             for m in reply.models
@@ -141,15 +198,18 @@ class TtsClient:
 
     async def load_model(self, model_id: str, *, preload_only: bool = False) -> int:
         reply = await self._stub.LoadModel(
-            pb.LoadModelRequest(model_id=model_id, preload_only=preload_only)
+            pb.LoadModelRequest(model_id=model_id, preload_only=preload_only),
+            metadata=self._metadata,
         )
         return int(reply.load_duration_ms)
 
     async def unload_model(self, model_id: str) -> None:
-        await self._stub.UnloadModel(pb.UnloadModelRequest(model_id=model_id))
+        await self._stub.UnloadModel(
+            pb.UnloadModelRequest(model_id=model_id), metadata=self._metadata
+        )
 
     async def capabilities(self) -> pb.GetCapabilitiesResponse:
         reply: pb.GetCapabilitiesResponse = await self._stub.GetCapabilities(
-            pb.GetCapabilitiesRequest()
+            pb.GetCapabilitiesRequest(), metadata=self._metadata
         )
         return reply

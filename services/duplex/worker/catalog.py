@@ -33,6 +33,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         "pico-en",
         "pico",
         languages=("en", "en-US"),
+        voices=("en-US",),
         default_voice="en-US",
         memory_mib=10,
         description="SVOX Pico en-US (non-neural, very fast)",
@@ -41,6 +42,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         "pico-en-gb",
         "pico",
         languages=("en", "en-GB"),
+        voices=("en-GB",),
         default_voice="en-GB",
         memory_mib=10,
         description="SVOX Pico en-GB",
@@ -50,6 +52,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
             f"pico-{lang[:2]}",
             "pico",
             languages=(lang[:2], lang),
+            voices=(lang,),
             default_voice=lang,
             memory_mib=10,
             description=f"SVOX Pico {lang}",
@@ -96,7 +99,7 @@ class Catalog:
             return self._specs[model_id]
         except KeyError:
             raise UnknownModel(
-                f"unknown model id {model_id!r}; valid ids: {', '.join(sorted(self._specs))}"
+                f"unknown model id {model_id[:80]!r}; valid ids: {', '.join(sorted(self._specs))}"
             ) from None
 
     def __contains__(self, model_id: object) -> bool:

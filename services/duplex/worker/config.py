@@ -67,8 +67,12 @@ class WorkerConfig(ManagerConfig):
     models: list[ModelEntry] = []
     test_models: bool = False
     max_sessions: int = Field(16, ge=1)
-    # A session with no stream for this long is ended (a client that vanished without EndSession).
-    session_idle_seconds: float = Field(300.0, gt=0)
+    # Most sessions one client may hold, so that one client cannot take every slot; unset:
+    # three quarters of max_sessions (all of them below 4).
+    max_sessions_per_client: int | None = Field(None, ge=1)
+    # A session with no stream and no call for this long is ended: its client went away
+    # without EndSession. Clients holding a session between utterances send KEEPALIVE.
+    session_idle_seconds: float = Field(10.0, gt=0)
     # Audio a session may synthesise ahead of what it has sent.
     buffer_seconds: float = Field(5.0, gt=0)
     default_pacing: Literal["realtime", "none"] = "realtime"
@@ -87,6 +91,12 @@ class WorkerConfig(ManagerConfig):
 
     def address(self) -> str:
         return self.advertise or f"{self.host}:{self.port}"
+
+    @property
+    def client_limit(self) -> int:
+        if self.max_sessions_per_client is not None:
+            return min(self.max_sessions_per_client, self.max_sessions)
+        return self.max_sessions - self.max_sessions // 4
 
     def model_specs(self) -> list[ModelSpec]:
         return [entry.to_spec() for entry in self.models]

@@ -27,6 +27,7 @@ from duplex.errors import (
 )
 from duplex.rpc._proto import tts_pb2 as pb
 from duplex.rpc._proto import tts_pb2_grpc as pb_grpc
+from duplex.rpc.client import CLIENT_METADATA
 from duplex.tasks import TaskSet
 from duplex.worker.config import WorkerConfig
 from duplex.worker.metrics import WorkerMetrics
@@ -34,6 +35,10 @@ from duplex.worker.model_manager import ModelManager
 from duplex.worker.session import OutFrame, SessionOptions, SynthesisSession, TextPiece
 
 log = logging.getLogger(__name__)
+
+MAX_ID_CHARS = 128  # session ids, model ids, client names
+MAX_OPTIONS = 16
+MAX_OPTION_CHARS = 256
 
 
 class MalformedChunk:
@@ -51,6 +56,31 @@ def parse_text_chunk(data: bytes) -> pb.TextChunk | MalformedChunk:
         return MalformedChunk(str(exc))
 
 
+def client_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """Who is calling: its `duplex-client` metadata, or else the peer's host (no port)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == CLIENT_METADATA and isinstance(value, str) and value:
+            return value[:MAX_ID_CHARS]
+    peer = context.peer() or "unknown"
+    host, _, port = peer.rpartition(":")
+    return host if host and port.isdigit() else peer
+
+
+def _check_id(what: str, value: str) -> None:
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidInput(f"{what} of {len(value)} characters exceeds the limit of {MAX_ID_CHARS}")
+
+
+def _check_options(options: dict[str, str]) -> None:
+    if len(options) > MAX_OPTIONS:
+        raise InvalidInput(f"{len(options)} session options exceed the limit of {MAX_OPTIONS}")
+    for key, value in options.items():
+        if len(key) > MAX_OPTION_CHARS or len(value) > MAX_OPTION_CHARS:
+            raise InvalidInput(
+                f"session option {key[:40]!r} exceeds the limit of {MAX_OPTION_CHARS} characters"
+            )
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: DuplexError) -> NoReturn:
     await context.abort(exc.grpc_code, str(exc))
     raise AssertionError("unreachable")  # abort raises
@@ -62,6 +92,9 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
         self._manager = manager
         self._metrics = metrics
         self._sessions: dict[str, SynthesisSession] = {}
+        # Sessions being started (their model may be loading): id → client. They count
+        # against the limits already, so concurrent starts cannot overshoot them.
+        self._starting: dict[str, str] = {}
         self._tasks = TaskSet("servicer")
         self._idle_changed = asyncio.Event()
         self.on_sessions_changed: Callable[[], None] = lambda: None
@@ -72,11 +105,26 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
     def sessions(self) -> dict[str, SynthesisSession]:
         return self._sessions
 
-    def _session(self, session_id: str) -> SynthesisSession:
+    def _session(self, session_id: str, client: str) -> SynthesisSession:
+        """The caller's own session; another client's is as unknown to it as a missing one."""
         session = self._sessions.get(session_id)
-        if session is None:
+        if session is None or session.owner != client:
+            _check_id("session_id", session_id)
             raise UnknownSession(f"no session {session_id!r}; call StartSession first")
+        session.touch()
         return session
+
+    def _admit(self, session_id: str, client: str) -> None:
+        """Refuse a new session when the worker, or this client's share of it, is full."""
+        if session_id in self._sessions or session_id in self._starting:
+            raise SessionExists(f"session {session_id!r} already exists")
+        held = len(self._sessions) + len(self._starting)
+        if held >= self._config.max_sessions:
+            raise AtCapacity(f"worker is at its limit of {self._config.max_sessions} sessions")
+        mine = sum(1 for s in self._sessions.values() if s.owner == client)
+        mine += sum(1 for c in self._starting.values() if c == client)
+        if mine >= self._config.client_limit:
+            raise AtCapacity(f"this client already holds {mine} sessions, its limit on this worker")
 
     def _end(self, session: SynthesisSession) -> None:
         if self._sessions.get(session.session_id) is session:
@@ -117,13 +165,14 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
     async def StartSession(
         self, request: pb.StartSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.StartSessionResponse:
+        client = client_of(context)
+        sid = request.session_id
         try:
-            if not request.session_id:
+            if not sid:
                 raise InvalidInput("session_id is required")
-            if request.session_id in self._sessions:
-                raise SessionExists(f"session {request.session_id!r} already exists")
-            if len(self._sessions) >= self._config.max_sessions:
-                raise AtCapacity(f"worker is at its limit of {self._config.max_sessions} sessions")
+            _check_id("session_id", sid)
+            _check_id("model_id", request.model_id)
+            _check_options(dict(request.options))
             model_id = request.model_id or self._config.default_model
             spec = self._manager.catalog.get(model_id)
             options = SessionOptions.parse(
@@ -132,22 +181,29 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
                 default_lead_ms=self._config.default_lead_ms,
             )
             spec.voice_or_default(options.voice)
-            lease = await self._manager.acquire(model_id)
-            if request.session_id in self._sessions:  # raced with another StartSession
+            self._admit(sid, client)
+            self._starting[sid] = client
+            try:
+                lease = await self._manager.acquire(model_id)
+            finally:
+                del self._starting[sid]
+            try:
+                session = SynthesisSession(
+                    sid,
+                    lease,
+                    self._manager,
+                    options,
+                    self._metrics,
+                    owner=client,
+                    buffer_seconds=self._config.buffer_seconds,
+                    max_text_chars=self._config.max_text_chars,
+                )
+            except DuplexError:  # a voice the loaded model does not have
                 self._manager.release(lease)
-                raise SessionExists(f"session {request.session_id!r} already exists")
-            session = SynthesisSession(
-                request.session_id,
-                lease,
-                self._manager,
-                options,
-                self._metrics,
-                buffer_seconds=self._config.buffer_seconds,
-                max_text_chars=self._config.max_text_chars,
-            )
+                raise
         except DuplexError as exc:
             await _abort(context, exc)
-        self._sessions[request.session_id] = session
+        self._sessions[sid] = session
         self._metrics.active_sessions.set(len(self._sessions))
         self._idle_changed.set()
         self.on_sessions_changed()
@@ -157,7 +213,7 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
         self, request: pb.EndSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.EndSessionResponse:
         try:
-            self._end(self._session(request.session_id))
+            self._end(self._session(request.session_id, client_of(context)))
         except DuplexError as exc:
             await _abort(context, exc)
         return pb.EndSessionResponse(success=True)
@@ -167,13 +223,14 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
         request_iterator: AsyncIterator[pb.TextChunk | MalformedChunk],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
+        session: SynthesisSession | None = None
         try:
             first = await anext(request_iterator, None)
             if first is None:
                 return
             if isinstance(first, MalformedChunk):
                 raise InvalidInput(f"malformed TextChunk: {first.error}")
-            session = self._session(first.session_id)
+            session = self._session(first.session_id, client_of(context))
             if session.streaming:
                 raise SessionExists(f"session {first.session_id!r} already has a Synthesize stream")
             sid = first.session_id
@@ -206,15 +263,19 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
         except DuplexError as exc:
             await _abort(context, exc)
         finally:
+            if session is not None:
+                session.touch()  # idle from the end of its stream, not its start
             self._idle_changed.set()
 
     async def Control(
         self, request: pb.ControlRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ControlResponse:
         try:
-            session = self._session(request.session_id)
+            session = self._session(request.session_id, client_of(context))
             command = request.command
-            if command == pb.PAUSE:
+            if command == pb.KEEPALIVE:
+                pass  # looking the session up touched it
+            elif command == pb.PAUSE:
                 session.pause()
             elif command == pb.RESUME:
                 session.resume()
@@ -263,6 +324,7 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
         self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.LoadModelResponse:
         try:
+            _check_id("model_id", request.model_id)
             spec = self._manager.catalog.get(request.model_id)
             if self._manager.is_resident(spec.model_id):
                 return pb.LoadModelResponse(success=True, message="already loaded")
@@ -290,6 +352,7 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
         self, request: pb.UnloadModelRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.UnloadModelResponse:
         try:
+            _check_id("model_id", request.model_id)
             if request.model_id in self._manager.loading_ids():
                 raise ModelLoading(f"model {request.model_id!r} is still loading")
             await self._manager.unload(request.model_id)

@@ -19,7 +19,7 @@ from typing import Literal
 from duplex.audio.frame import FRAME_SECONDS, PcmFrame
 from duplex.audio.framer import FrameEncoder
 from duplex.audio.pacing import FramePacer
-from duplex.errors import DuplexError, InvalidInput, SynthesisFailed
+from duplex.errors import InvalidInput, SynthesisFailed, first_error
 from duplex.text import TextChunker
 from duplex.worker.adapters.base import NativeAudio
 from duplex.worker.metrics import WorkerMetrics
@@ -103,13 +103,17 @@ class SynthesisSession:
         options: SessionOptions,
         metrics: WorkerMetrics,
         *,
+        owner: str = "",
         buffer_seconds: float = 5.0,
         max_text_chars: int = 65536,
     ) -> None:
         self.session_id = session_id
         self.lease = lease
         self.options = options
-        self.voice = lease.model.spec.voice_or_default(options.voice)
+        self.voice = lease.model.adapter.check_voice(
+            lease.model.spec.voice_or_default(options.voice)
+        )
+        self.owner = owner
         self._manager = manager
         self._metrics = metrics
         self._max_frames = max(1, int(buffer_seconds / FRAME_SECONDS))
@@ -131,6 +135,10 @@ class SynthesisSession:
     @property
     def paused(self) -> bool:
         return not self._running.is_set()
+
+    def touch(self) -> None:
+        """The client showed it still wants this session (any call on it)."""
+        self.idle_since = time.monotonic()
 
     def queue_depth(self) -> int:
         return self._frames.qsize() if self._frames else 0
@@ -176,7 +184,7 @@ class SynthesisSession:
                     synth.cancel()
         except BaseExceptionGroup as group:
             # Surface a stage's own error (bad input, failed synthesis) rather than the group.
-            error = _first_error(group)
+            error = first_error(group)
             if error is None:
                 raise
             raise error from None
@@ -316,12 +324,3 @@ class SynthesisSession:
     def _next_sequence(self) -> int:
         self._sequence += 1
         return self._sequence
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> DuplexError | None:
-    for exc in group.exceptions:
-        if isinstance(exc, DuplexError):
-            return exc
-        if isinstance(exc, BaseExceptionGroup) and (inner := _first_error(exc)):
-            return inner
-    return None

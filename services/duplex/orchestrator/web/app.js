@@ -565,8 +565,13 @@ function openSocket() {
     if (ws !== S.ws) return;
     S.ws = null;
     S.connected = false;
-    const why = ev.reason ? `: ${ev.reason}` : '';
-    sysMsg(`Connection closed (code ${ev.code}${why}).`, ev.code === 1000 ? undefined : 'warn');
+    if (ev.code === 1013) {
+      // Try Again Later: every TTS slot is taken; the error event before it said so too.
+      sysMsg('The service is busy right now: every voice is in use. Press Start to try again in a moment.', 'warn');
+    } else {
+      const why = ev.reason ? `: ${ev.reason}` : '';
+      sysMsg(`Connection closed (code ${ev.code}${why}).`, ev.code === 1000 ? undefined : 'warn');
+    }
     ui.startBtn.dataset.reconnect = 'true';
     teardown();
   };

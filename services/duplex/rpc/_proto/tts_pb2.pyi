@@ -14,10 +14,12 @@ class ControlCommand(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RESUME: _ClassVar[ControlCommand]
     STOP: _ClassVar[ControlCommand]
     RELOAD: _ClassVar[ControlCommand]
+    KEEPALIVE: _ClassVar[ControlCommand]
 PAUSE: ControlCommand
 RESUME: ControlCommand
 STOP: ControlCommand
 RELOAD: ControlCommand
+KEEPALIVE: ControlCommand
 
 class StartSessionRequest(_message.Message):
     __slots__ = ("session_id", "model_id", "options")

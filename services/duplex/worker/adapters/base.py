@@ -76,6 +76,25 @@ class TtsAdapter(ABC):
     def synthesize(self, text: str, voice: str | None, speed: float) -> Iterator[NativeAudio]:
         """Yield mono audio chunks (float32 in [-1, 1] or int16) at `native_rate`."""
 
+    def voices(self) -> tuple[str, ...] | None:
+        """The voices the loaded model has: () for a single-voice model, None for no limit
+        beyond the catalog entry's own list."""
+        return None
+
+    def check_voice(self, voice: str | None) -> str | None:
+        """`voice` (already checked against the catalog) if the loaded model has it."""
+        known = self.voices()
+        if voice and known is not None and voice not in known:
+            if not known:
+                raise InvalidInput(
+                    f"model {self.spec.model_id!r} has a single voice; leave the voice unset"
+                )
+            raise InvalidInput(
+                f"model {self.spec.model_id!r} has no voice {voice!r}; "
+                f"valid voices: {', '.join(known)}"
+            )
+        return voice
+
     def close(self) -> None:  # noqa: B027 - most families have nothing to release
         """Release what `load` acquired."""
 

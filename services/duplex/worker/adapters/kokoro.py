@@ -65,5 +65,8 @@ class KokoroAdapter(TtsAdapter):
         )
         yield audio
 
+    def voices(self) -> tuple[str, ...] | None:
+        return tuple(sorted(self._kokoro.get_voices())) if self._kokoro else None
+
     def close(self) -> None:
         self._kokoro = None

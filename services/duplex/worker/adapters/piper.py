@@ -69,5 +69,8 @@ class PiperAdapter(TtsAdapter):
         for chunk in self._voice.synthesize(text, syn_config=syn):
             yield chunk.audio_float_array
 
+    def voices(self) -> tuple[str, ...]:
+        return tuple(self._voice.config.speaker_id_map or ()) if self._voice else ()
+
     def close(self) -> None:
         self._voice = None
