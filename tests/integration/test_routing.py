@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import aiohttp
@@ -98,3 +99,34 @@ async def test_reply_continues_on_another_worker_when_its_worker_dies() -> None:
     finally:
         for w in (a, b):
             await w.aclose()
+
+
+async def test_a_cancelled_admission_leaves_no_session_behind() -> None:
+    """A conversation that goes away while its session is starting (here: while the worker
+    loads the model) leaves nothing on the worker."""
+    from duplex.orchestrator.router import StaticDirectory
+    from duplex.orchestrator.tts_link import TtsLink
+    from duplex.tasks import TaskSet
+
+    # Nothing resident speaks English, so admission waits for piper-joe to load.
+    async with Worker(worker_config("cancel-a", "pico-de")) as w:
+        pool = ClientPool()
+        router = Router(StaticDirectory(pool, [w.address]))
+        await router.directory.start()
+        try:
+            async with TaskSet("conversation") as tasks:
+                link = TtsLink(router, pool, tasks, model="piper-joe", voice=None, language="en")
+                admission = asyncio.create_task(link.admit())
+                async with asyncio.timeout(10):
+                    while not w.manager.loading_ids():
+                        await asyncio.sleep(0.005)
+                admission.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await admission
+            async with asyncio.timeout(10):
+                while w.manager.loading_ids():
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # the background EndSession
+            assert not w.servicer.sessions
+        finally:
+            await pool.aclose()
