@@ -22,11 +22,11 @@ def _free_port() -> int:
 class RedisServer:
     """A real redis-server on a free loopback port, without persistence."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        self.port = _free_port()
+        self.port = port or _free_port()  # a given port: a restart of the same server
         self._dir = tempfile.TemporaryDirectory()
         self._proc = subprocess.Popen(
             [

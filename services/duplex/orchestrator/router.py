@@ -43,6 +43,7 @@ class WorkerView:
     active_sessions: int = 0
     max_sessions: int = 1
     rtf: float = 0.0
+    failures: int = 0  # consecutive failures: the backoff doubles with each
     failed_until: float = 0.0
 
     @property
@@ -112,9 +113,27 @@ class Directory:
         now = time.monotonic()
         return [w for w in self._workers.values() if w.failed_until <= now]
 
-    def mark_failed(self, name: str, seconds: float = 5.0) -> None:
+    @property
+    def degraded(self) -> str | None:
+        """Why the view may be stale (discovery unreachable), or None."""
+        return None
+
+    def mark_failed(self, name: str) -> None:
+        """Leave a worker out for a while: 1 s after its first failure, doubling up to 30 s."""
         if worker := self._workers.get(name):
-            worker.failed_until = time.monotonic() + seconds
+            worker.failures += 1
+            worker.failed_until = time.monotonic() + min(30.0, 2.0 ** (worker.failures - 1))
+
+    def mark_ok(self, name: str) -> None:
+        if worker := self._workers.get(name):
+            worker.failures = 0
+            worker.failed_until = 0.0
+
+    def _keep_backoff(self, view: WorkerView) -> WorkerView:
+        old = self._workers.get(view.name)
+        if old is not None:
+            view.failures, view.failed_until = old.failures, old.failed_until
+        return view
 
     async def _describe(self, name: str, addr: str) -> WorkerView:
         """Ask a worker directly what it serves (static discovery has no records)."""
@@ -140,70 +159,109 @@ class StaticDirectory(Directory):
         self._addresses = list(addresses)
 
     async def refresh(self) -> None:
+        now = time.monotonic()
         for addr in self._addresses:
+            old = self._workers.get(addr)
+            if old is not None and old.failed_until > now:
+                continue  # backing off: asking it now would only wait on it
             try:
-                async with asyncio.timeout(5):
+                async with asyncio.timeout(2):
                     view = await self._describe(addr, addr)
             except (grpc.aio.AioRpcError, TimeoutError) as exc:
                 log.warning("worker %s unreachable: %s", addr, exc)
+                if old is None:  # known from now on, so that it can back off
+                    self._workers[addr] = WorkerView(addr, addr)
                 self.mark_failed(addr)
                 continue
-            old = self._workers.get(addr)
-            if old is not None:
-                view.failed_until = old.failed_until
-            self._workers[addr] = view
+            self._workers[addr] = self._keep_backoff(view)
 
 
 class RedisDirectory(Directory):
-    """A scan at start, then the events channel; records whose key expired are dropped."""
+    """A scan at start, then the events channel; records whose key expired are dropped.
+
+    While Redis is unreachable the last view stays (workers keep serving) and the follower
+    reconnects with backoff; a malformed record is logged and skipped, never fatal.
+    """
 
     def __init__(self, pool: ClientPool, url: str) -> None:
         super().__init__(pool)
-        self._redis = aioredis.from_url(url)
+        self._redis = aioredis.from_url(
+            url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=5
+        )
         self._tasks = TaskSet("redis-directory")
+        self._outage: str | None = None
+
+    @property
+    def degraded(self) -> str | None:
+        return self._outage
 
     async def start(self) -> None:
         await self.refresh()
         self._tasks.spawn(self._follow_events(), "events")
 
     async def refresh(self) -> None:
-        names = [
-            key.decode()[len(KEY_PREFIX) :] async for key in self._redis.scan_iter(f"{KEY_PREFIX}*")
-        ]
-        names = sorted(set(names) | set(self._workers))
-        raws = await self._redis.mget([worker_key(n) for n in names]) if names else []
+        try:
+            names = [
+                key.decode()[len(KEY_PREFIX) :]
+                async for key in self._redis.scan_iter(f"{KEY_PREFIX}*")
+            ]
+            names = sorted(set(names) | set(self._workers))
+            raws = await self._redis.mget([worker_key(n) for n in names]) if names else []
+        except (RedisError, OSError) as exc:
+            self._outage = f"Redis unreachable: {exc}"
+            raise
+        self._outage = None
         for name, raw in zip(names, raws, strict=True):
             if raw is None:
                 self._workers.pop(name, None)  # expired: the worker is gone
                 continue
-            self._apply(WorkerRecord.from_json(raw))
+            self._apply(name, raw)
 
-    def _apply(self, record: WorkerRecord) -> None:
-        old = self._workers.get(record.name)
-        langs = set(record.capabilities.get("languages", []))
-        self._workers[record.name] = WorkerView(
-            name=record.name,
-            addr=record.addr,
-            models=set(record.models),
-            resident=set(record.resident_models),
-            loading=set(record.loading_models),
-            languages={m: langs for m in record.models},
-            active_sessions=record.active_sessions,
-            max_sessions=max(1, record.max_sessions),
-            rtf=record.rtf_p50,
-            failed_until=old.failed_until if old else 0.0,
-        )
+    def _apply(self, name: str, raw: bytes | str) -> None:
+        try:
+            record = WorkerRecord.from_json(raw)
+            langs = set(record.capabilities.get("languages", []))
+            view = WorkerView(
+                name=record.name,
+                addr=record.addr,
+                models=set(record.models),
+                resident=set(record.resident_models),
+                loading=set(record.loading_models),
+                languages={m: langs for m in record.models},
+                active_sessions=int(record.active_sessions),
+                max_sessions=max(1, int(record.max_sessions)),
+                rtf=float(record.rtf_p50),
+            )
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.warning("skipping the malformed discovery record of %r: %s", name, exc)
+            return
+        self._workers[record.name] = self._keep_backoff(view)
 
     async def _follow_events(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                await self._follow_once()
+            except (RedisError, OSError) as exc:
+                self._outage = f"Redis unreachable: {exc}"
+                log.warning("discovery events lost (%s); reconnecting in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(10.0, backoff * 2)
+                continue
+            backoff = 0.5
+
+    async def _follow_once(self) -> None:
         pubsub = self._redis.pubsub()
-        await pubsub.subscribe(EVENTS_CHANNEL)
         try:
+            await pubsub.subscribe(EVENTS_CHANNEL)
+            # What changed while nobody listened: read the records again.
+            await self.refresh()
             async for message in pubsub.listen():
                 if message.get("type") != "message":
                     continue
                 try:
                     event = WorkerEvent.from_json(message["data"])
-                except (ValueError, KeyError) as exc:
+                except (ValueError, KeyError, TypeError) as exc:
                     log.warning("ignoring malformed discovery event: %s", exc)
                     continue
                 if event.type == "worker.down":
@@ -211,9 +269,10 @@ class RedisDirectory(Directory):
                     continue
                 raw = await self._redis.get(worker_key(event.name))
                 if raw is not None:
-                    self._apply(WorkerRecord.from_json(raw))
+                    self._apply(event.name, raw)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def aclose(self) -> None:
         await self._tasks.aclose()

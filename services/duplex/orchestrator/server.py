@@ -160,9 +160,13 @@ class Orchestrator:
         return web.FileResponse(WEB_DIR / "index.html")
 
     async def _health(self, request: web.Request) -> web.Response:
+        # Ready while some worker is known; a discovery outage degrades the view but the
+        # workers it had still serve, so it does not make the orchestrator unready.
         workers = self.router.directory.workers()
-        status = 200 if workers else 503
-        return web.json_response({"ok": bool(workers), "workers": len(workers)}, status=status)
+        body: dict[str, Any] = {"ok": bool(workers), "workers": len(workers)}
+        if degraded := self.router.directory.degraded:
+            body["degraded"] = degraded
+        return web.json_response(body, status=200 if workers else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)

@@ -93,6 +93,7 @@ class TtsLink:
                     self._router.directory.mark_failed(route.worker.name)
                 failed.append(route.worker.name)
                 continue
+            self._router.directory.mark_ok(route.worker.name)
             self._switch(session)
             if route.load_on is not None:
                 self._request_load(route)

@@ -19,10 +19,31 @@ from duplex.rpc._proto import tts_pb2_grpc as pb_grpc
 
 # A reader that plays audio in real time must not let the transport queue seconds of audio in
 # front of it: without BDP probing about 30 frames sit in flight, so PAUSE can recall the rest.
+# A worker that goes silent without closing its connection (a lost node, a stopped process)
+# is found by HTTP/2 pings: two a second while calls are open, dead after a second without an
+# answer (both timeouts: core times out a ping in flight by ping_timeout, 60 s by default), so
+# a reply fails over within about 1.5 s instead of hanging.
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.http2.bdp_probe", 0),
     ("grpc.max_receive_message_length", 4 << 20),
+    ("grpc.keepalive_time_ms", 500),
+    ("grpc.keepalive_timeout_ms", 1000),
+    ("grpc.http2.ping_timeout_ms", 1000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
 )
+# What a worker needs to accept those pings (gRPC's default would answer them with GOAWAY).
+SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", 4 << 20),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+# Deadlines of the unary calls. StartSession may wait for its model to load.
+CALL_SECONDS = 10.0
+START_SECONDS = 120.0
+LOAD_SECONDS = 600.0
 
 
 # The metadata key a client names itself by on every call: a worker keeps each session for
@@ -136,12 +157,15 @@ class TtsClient:
         reply = await self._stub.StartSession(
             pb.StartSessionRequest(session_id=session_id, model_id=model_id, options=options or {}),
             metadata=self._metadata,
+            timeout=START_SECONDS,
         )
         return str(reply.message)
 
     async def end_session(self, session_id: str) -> None:
         await self._stub.EndSession(
-            pb.EndSessionRequest(session_id=session_id), metadata=self._metadata
+            pb.EndSessionRequest(session_id=session_id),
+            metadata=self._metadata,
+            timeout=CALL_SECONDS,
         )
 
     async def control(self, session_id: str, command: Command) -> int:
@@ -149,6 +173,7 @@ class TtsClient:
         reply = await self._stub.Control(
             pb.ControlRequest(session_id=session_id, command=int(command)),  # type: ignore[arg-type]
             metadata=self._metadata,
+            timeout=CALL_SECONDS,
         )
         return int(reply.timestamp_ms)
 
@@ -190,7 +215,9 @@ class TtsClient:
                 return
 
     async def list_models(self) -> list[ModelInfo]:
-        reply = await self._stub.ListModels(pb.ListModelsRequest(), metadata=self._metadata)
+        reply = await self._stub.ListModels(
+            pb.ListModelsRequest(), metadata=self._metadata, timeout=CALL_SECONDS
+        )
         return [
             ModelInfo(m.model_id, m.family, m.is_loaded, tuple(m.languages), dict(m.metadata))
             for m in reply.models
@@ -200,16 +227,19 @@ class TtsClient:
         reply = await self._stub.LoadModel(
             pb.LoadModelRequest(model_id=model_id, preload_only=preload_only),
             metadata=self._metadata,
+            timeout=LOAD_SECONDS,
         )
         return int(reply.load_duration_ms)
 
     async def unload_model(self, model_id: str) -> None:
         await self._stub.UnloadModel(
-            pb.UnloadModelRequest(model_id=model_id), metadata=self._metadata
+            pb.UnloadModelRequest(model_id=model_id),
+            metadata=self._metadata,
+            timeout=LOAD_SECONDS,
         )
 
     async def capabilities(self) -> pb.GetCapabilitiesResponse:
         reply: pb.GetCapabilitiesResponse = await self._stub.GetCapabilities(
-            pb.GetCapabilitiesRequest(), metadata=self._metadata
+            pb.GetCapabilitiesRequest(), metadata=self._metadata, timeout=CALL_SECONDS
         )
         return reply

@@ -17,6 +17,7 @@ from duplex import __version__
 from duplex.discovery import WorkerRecord
 from duplex.errors import InvalidInput
 from duplex.kube import KubeClient
+from duplex.rpc.client import SERVER_OPTIONS
 from duplex.worker.catalog import Catalog
 from duplex.worker.config import WorkerConfig
 from duplex.worker.metrics import MetricsServer, WorkerMetrics
@@ -55,9 +56,7 @@ class Worker:
         if self.config.kube:
             await self._follow_pod()
         self.servicer.start()
-        server = grpc.aio.server(
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20)]
-        )
+        server = grpc.aio.server(options=list(SERVER_OPTIONS))
         add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
@@ -85,7 +84,7 @@ class Worker:
         if not pod:
             raise InvalidInput("Kubernetes mode needs the Pod name (--pod-name or POD_NAME)")
         kubeconfig = Path(self.config.kubeconfig) if self.config.kubeconfig else None
-        self._kube = KubeClient.load(kubeconfig)
+        self._kube = KubeClient.load(kubeconfig, user_agent=f"duplex-worker/{__version__}")
         namespace = (
             self.config.pod_namespace or os.environ.get("POD_NAMESPACE") or self._kube.namespace
         )
@@ -117,6 +116,7 @@ class Worker:
             model_errors=dict(self.manager.last_error),
             model_set=self.model_set.applied_ids if self.model_set is not None else None,
             active_sessions=len(self.servicer.sessions),
+            session_ids=sorted(self.servicer.sessions) if self.config.kube else [],
             max_sessions=self.config.max_sessions,
             queue_depth=self.servicer.queue_depth(),
             rtf_p50=self.metrics.rtf_p50(),

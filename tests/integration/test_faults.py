@@ -1,0 +1,196 @@
+"""Faults with real processes: a worker killed or frozen mid-reply, Redis restarted. The
+conversation that lost its worker fails over or gets a clear error; every other keeps its audio."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from duplex.localredis import RedisServer
+from duplex.rpc.client import TtsClient
+from tests.processes import ServiceProcess, address, orchestrator, worker
+
+STORY = "Please tell me a story."
+
+
+class Listener:
+    """A WebSocket conversation that records when reply audio arrives, and its events."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.frames: list[float] = []
+        self.events: list[dict[str, Any]] = []
+
+    async def run(self) -> None:
+        async for msg in self.ws:
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                self.frames.append(time.monotonic())
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                self.events.append(json.loads(msg.data))
+
+    def errors(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == "error"]
+
+    def done(self) -> bool:
+        return any(e["type"] == "reply" and e.get("final") for e in self.events)
+
+    async def until(self, check: Any, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while not check():
+                await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def _conversation(
+    http: aiohttp.ClientSession, url: str, tg: asyncio.TaskGroup
+) -> tuple[Listener, asyncio.Task[None]]:
+    ws = await http.ws_connect(url)
+    await ws.send_str(json.dumps({"type": "session.start", "sample_rate": 16000}))
+    listener = Listener(ws)
+    task = tg.create_task(listener.run())
+    await listener.until(lambda: any(e["type"] == "session.started" for e in listener.events), 10)
+    return listener, task
+
+
+async def _holder(workers: list[ServiceProcess]) -> ServiceProcess:
+    """The worker whose session is speaking now."""
+    for w in workers:
+        async with TtsClient(address(w)) as client:
+            caps = await client.capabilities()
+            if caps.metrics["active_sessions"]:
+                return w
+    raise AssertionError("no worker holds a session")
+
+
+async def test_a_worker_killed_mid_reply_fails_only_its_own_conversation(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """One slot per worker: the victim has nowhere to fail over to and is told so; the other
+    conversation, on the other worker, keeps its audio."""
+    workers = [worker(f"kill-{i}", max_sessions=1) for i in range(2)]
+    o = orchestrator(tmp_path, [address(w) for w in workers], default_model="pico-en")
+    try:
+        async with asyncio.TaskGroup() as tg:
+            victim, v_task = await _conversation(http, f"ws://{address(o)}/ws", tg)
+            await victim.ws.send_str(json.dumps({"type": "text", "text": STORY}))
+            await victim.until(lambda: len(victim.frames) > 30, 20)
+            doomed = await _holder(workers)
+            other, o_task = await _conversation(http, f"ws://{address(o)}/ws", tg)
+            await other.ws.send_str(json.dumps({"type": "text", "text": STORY}))
+            await other.until(lambda: len(other.frames) > 30, 20)
+            doomed.proc.send_signal(signal.SIGKILL)
+            await victim.until(lambda: bool(victim.errors()), 10)
+            assert victim.errors()[0]["code"] == "worker_unavailable", victim.errors()
+            n = len(other.frames)
+            await other.until(lambda: len(other.frames) > n + 100, 10)
+            assert not other.errors(), other.errors()
+            for listener, task in ((victim, v_task), (other, o_task)):
+                await listener.ws.close()
+                task.cancel()
+    finally:
+        o.stop()
+        for w in workers:
+            w.stop()
+
+
+async def test_a_frozen_worker_is_left_within_two_seconds(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """SIGSTOP keeps the worker's connections open but silent: keepalive pings find it, and
+    the reply goes on from another worker after a short gap."""
+    workers = [worker(f"stop-{i}", max_sessions=4) for i in range(2)]
+    o = orchestrator(tmp_path, [address(w) for w in workers], default_model="pico-en")
+    frozen: ServiceProcess | None = None
+    try:
+        async with asyncio.TaskGroup() as tg:
+            talk, task = await _conversation(http, f"ws://{address(o)}/ws", tg)
+            await talk.ws.send_str(json.dumps({"type": "text", "text": STORY}))
+            await talk.until(lambda: len(talk.frames) > 50, 20)
+            frozen = await _holder(workers)
+            stopped = time.monotonic()
+            os.kill(frozen.proc.pid, signal.SIGSTOP)
+            n = len([t for t in talk.frames if t <= stopped])
+            await talk.until(lambda: len(talk.frames) > n + 50, 15)
+            resumed = next(t for t in talk.frames if t > stopped + 0.15)
+            # The reply went quiet when the worker froze and came back from the other one.
+            assert resumed - stopped < 2.5, resumed - stopped
+            assert not talk.errors(), talk.errors()
+            await talk.ws.close()
+            task.cancel()
+    finally:
+        if frozen is not None:
+            os.kill(frozen.proc.pid, signal.SIGCONT)
+        o.stop()
+        for w in workers:
+            w.stop()
+
+
+async def _health(http: aiohttp.ClientSession, base: str) -> tuple[int, dict[str, Any]]:
+    async with http.get(f"{base}/healthz") as resp:
+        return resp.status, await resp.json()
+
+
+async def test_a_redis_restart_mid_conversation_loses_nothing(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    redis = RedisServer()
+    w = worker("redis-a", redis=redis.url, heartbeat_seconds=0.3)
+    o = orchestrator(tmp_path, [], redis=redis.url, default_model="pico-en")
+    late: ServiceProcess | None = None
+    base = f"http://{address(o)}"
+    try:
+        async with asyncio.TaskGroup() as tg:
+            talk, task = await _conversation(http, f"ws://{address(o)}/ws", tg)
+            await talk.ws.send_str(json.dumps({"type": "text", "text": STORY}))
+            await talk.until(lambda: len(talk.frames) > 50, 20)
+            redis.stop()
+            # Discovery is down: the orchestrator says so, stays ready, and keeps serving.
+            async with asyncio.timeout(10):
+                while "degraded" not in (await _health(http, base))[1]:
+                    await asyncio.sleep(0.1)
+            status, body = await _health(http, base)
+            assert status == 200 and "Redis" in body["degraded"], body
+            n = len(talk.frames)
+            await talk.until(lambda: len(talk.frames) > n + 50, 10)
+            second, s_task = await _conversation(http, f"ws://{address(o)}/ws", tg)
+            # Redis comes back: the follower reconnects, and a worker that registers only now
+            # (the only one with pico-de resident) is found.
+            redis = RedisServer(port=redis.port)
+            late = worker("redis-b", model="pico-de", redis=redis.url, heartbeat_seconds=0.3)
+            async with asyncio.timeout(15):
+                while "degraded" in (await _health(http, base))[1]:
+                    await asyncio.sleep(0.1)
+            third, t_task = await _conversation(http, f"ws://{address(o)}/ws", tg)
+            await third.ws.send_str(
+                json.dumps({"type": "session.start", "sample_rate": 16000, "model": "pico-de"})
+            )
+            await third.until(
+                lambda: any(e.get("speaking_with") == "pico-de" for e in third.events), 10
+            )
+            n = len(talk.frames)
+            await talk.until(lambda: len(talk.frames) > n + 50, 10)
+            for listener in (talk, second, third):
+                assert not listener.errors(), listener.errors()
+                await listener.ws.close()
+            for t in (task, s_task, t_task):
+                t.cancel()
+    finally:
+        o.stop()
+        w.stop()
+        if late is not None:
+            late.stop()
+        redis.stop()
