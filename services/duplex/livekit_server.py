@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from duplex.children import dying_with_parent
 from duplex.ports import free_ports
 
 
@@ -58,7 +59,7 @@ class LiveKitServer:
         self.log_path = Path(self._dir.name) / "livekit.log"
         with self.log_path.open("wb") as log:
             self._proc = subprocess.Popen(
-                [str(binary), "--dev", "--config", str(config_path)],
+                dying_with_parent([str(binary), "--dev", "--config", str(config_path)], "KILL"),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -69,6 +70,9 @@ class LiveKitServer:
                 self.stop()
                 raise RuntimeError(f"livekit-server did not start:\n{tail}")
             time.sleep(0.05)
+        # The server has read its config and holds its log open: nothing of it need stay on
+        # disk, so a parent killed without cleanup leaves no folder behind.
+        self._dir.cleanup()
 
     @property
     def url(self) -> str:
@@ -82,6 +86,7 @@ class LiveKitServer:
             return False
 
     def log_tail(self, lines: int = 30) -> str:
+        """The end of the server's log, while it starts (afterwards the file is gone)."""
         if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

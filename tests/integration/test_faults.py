@@ -194,3 +194,58 @@ async def test_a_redis_restart_mid_conversation_loses_nothing(
         if late is not None:
             late.stop()
         redis.stop()
+
+
+async def test_sigterm_ends_every_conversation_politely_and_quickly(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    w = worker("term", max_sessions=4)
+    o = orchestrator(tmp_path, [address(w)], default_model="pico-en")
+    try:
+        async with asyncio.TaskGroup() as tg:
+            talks = [await _conversation(http, f"ws://{address(o)}/ws", tg) for _ in range(2)]
+            await talks[0][0].ws.send_str(json.dumps({"type": "text", "text": STORY}))
+            await talks[0][0].until(lambda: len(talks[0][0].frames) > 20, 20)
+            sent = time.monotonic()
+            o.proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(o.proc.wait, 10)
+            took = time.monotonic() - sent
+            assert code == 0 and took < 5, (code, took, o.log())
+            for listener, task in talks:
+                await task  # its socket closed
+                assert listener.ws.close_code == 1001, listener.ws.close_code
+                ended = [e for e in listener.events if e["type"] == "session.ended"]
+                assert ended and "shutting down" in ended[0]["reason"]
+        # Its sessions on the worker were ended, not left to the reaper.
+        async with TtsClient(address(w)) as client:
+            assert (await client.capabilities()).metrics["active_sessions"] == 0
+    finally:
+        o.stop()
+        w.stop()
+
+
+def test_a_killed_demo_leaves_no_livekit_server_or_folder_behind() -> None:
+    from duplex.livekit_server import find_binary
+
+    assert find_binary() is not None, "bash tools/build-test-binaries.sh livekit-server"
+    demo = ServiceProcess(
+        ["demo", "--port", "0", "--model", "pico-en", "--livekit"], r"open (http://\S+)/"
+    )
+    try:
+        children = Path(f"/proc/{demo.proc.pid}/task/{demo.proc.pid}/children").read_text()
+        servers = [
+            int(pid)
+            for pid in children.split()
+            if "livekit" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        ]
+        assert len(servers) == 1, children
+        config = Path(f"/proc/{servers[0]}/cmdline").read_bytes().split(b"\0")[-2].decode()
+        demo.proc.send_signal(signal.SIGKILL)
+        demo.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{servers[0]}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{servers[0]}").exists(), "livekit-server outlived the demo"
+        assert not Path(config).parent.exists(), config
+    finally:
+        demo.stop()

@@ -43,6 +43,7 @@ TOPIC = "duplex"
 MODEL_ATTRIBUTE = "duplex.model"
 VOICE_ATTRIBUTE = "duplex.voice"
 _SOURCE_QUEUE_MS = 200  # the SDK's own buffer in front of the encoder
+SHUTDOWN_EVENT = {"type": "session.ended", "reason": "the server is shutting down"}
 
 
 class RoomOutput:
@@ -161,9 +162,11 @@ class LiveKitAgent:
         try:
             await server.run()
         finally:
+            # Rooms first: each job waits for its room, so the agent server closes at once
+            # after them, and no room hears another reply while it waits.
+            await self._rooms.aclose()
             with contextlib.suppress(Exception):
                 await server.aclose()
-            await self._rooms.aclose()
 
     def _load(self) -> float:
         return len(self._rooms) / self._config.max_rooms
@@ -201,6 +204,14 @@ class LiveKitAgent:
             user, mic = await _first_microphone(room)
             log.info("room %s: talking with %s", room_name, user.identity)
             await self._converse(room, source, user, mic)
+        except asyncio.CancelledError:
+            # The orchestrator is shutting down: say so before leaving.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1):
+                    await room.local_participant.publish_data(
+                        json.dumps(SHUTDOWN_EVENT), reliable=True, topic=TOPIC
+                    )
+            raise
         finally:
             with contextlib.suppress(Exception):
                 await source.aclose()

@@ -105,7 +105,8 @@ class Reply:
         self._on_first_frame = on_first_frame
         self.text = TextLog()
         self.stats = ReplyStats()
-        self._frames: asyncio.Queue[PcmFrame | _End] = asyncio.Queue()
+        # The worker runs at most its lead ahead; the bound only guards against one that doesn't.
+        self._frames: asyncio.Queue[PcmFrame | _End] = asyncio.Queue(500)
         self._running = asyncio.Event()
         self._running.set()
         self._session: TtsSession | None = None  # what this reply speaks with now

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from importlib import resources
@@ -44,6 +45,11 @@ WEB_DIR = Path(str(resources.files("duplex.orchestrator") / "web"))
 
 # RFC 6455 §7.4.1 "Try Again Later": the server cannot take the conversation now.
 CLOSE_BUSY = 1013
+CLOSE_POLICY = 1008  # "Policy Violation": the client broke the protocol's rules
+CLOSE_GOING_AWAY = 1001  # the server is shutting down
+SHUTDOWN_SECONDS = 2.0  # for conversations to say goodbye before the server stops
+_MAX_QUEUED = 1000  # events and 20 ms frames waiting for a client
+SHUTDOWN_EVENT = {"type": "session.ended", "reason": "the server is shutting down"}
 
 
 class _Close:
@@ -62,14 +68,29 @@ class WsOutput:
         self.hung_up = asyncio.Event()  # ... and everything before that was sent
 
     def send_event(self, event: dict[str, Any]) -> None:
-        self._queue.put_nowait(event)
+        self._put(event)
 
     def send_audio(self, frame: PcmFrame) -> None:
-        self._queue.put_nowait(frame.data)
+        self._put(frame.data)
 
     def refuse(self, code: str, message: str) -> None:
-        self._queue.put_nowait({"type": "error", "code": code, "message": message})
-        self._queue.put_nowait(_Close(CLOSE_BUSY, code))
+        self.hang_up({"type": "error", "code": code, "message": message}, CLOSE_BUSY, code)
+
+    def hang_up(self, event: dict[str, Any], code: int, reason: str) -> None:
+        """Send `event`, everything queued before it, then close with `code`."""
+        self._queue.put_nowait(event)
+        self._queue.put_nowait(_Close(code, reason))
+
+    def _put(self, item: dict[str, Any] | bytes) -> None:
+        if self.close is not None:
+            return
+        if self._queue.qsize() >= _MAX_QUEUED:
+            # The client stopped reading (20 s of audio waits for it): hang up on it rather
+            # than hold its backlog in memory.
+            self._queue.put_nowait(_Close(CLOSE_POLICY, "the client is not reading"))
+            self.close = _Close(CLOSE_POLICY, "the client is not reading")
+            return
+        self._queue.put_nowait(item)
 
     async def write(self) -> None:
         while True:
@@ -79,7 +100,7 @@ class WsOutput:
             if isinstance(item, bytes):
                 await self._ws.send_bytes(item)
             elif isinstance(item, _Close):
-                self.close = item
+                self.close = self.close or item
                 self.hung_up.set()
                 return
             else:
@@ -104,6 +125,8 @@ class Orchestrator:
         )
         self._runner: web.AppRunner | None = None
         self._tasks = TaskSet("orchestrator")
+        self._sockets: set[WsOutput] = set()  # open WebSocket conversations
+        self._sockets_gone = asyncio.Event()
         self.agent: LiveKitAgent | None = None
         self.port = config.port
 
@@ -139,9 +162,17 @@ class Orchestrator:
             self._tasks.spawn(self.agent.run(), "livekit-agent")
 
     async def aclose(self) -> None:
+        """Stop: every conversation is told and closed (WebSockets with 1001, rooms left)."""
+        for output in list(self._sockets):
+            output.hang_up(SHUTDOWN_EVENT, CLOSE_GOING_AWAY, "server shutting down")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_SECONDS):
+                while self._sockets:
+                    self._sockets_gone.clear()
+                    await self._sockets_gone.wait()
         await self._tasks.aclose()  # leaves LiveKit rooms: their sessions end
         if self._runner is not None:
-            await self._runner.cleanup()  # closes WebSockets: their sessions end
+            await self._runner.cleanup()  # closes what is left
         await self.router.directory.aclose()
         await self.responder.aclose()
         await self.pool.aclose()
@@ -204,6 +235,16 @@ class Orchestrator:
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4 << 20)
         await ws.prepare(request)
         output = WsOutput(ws)
+        self._sockets.add(output)
+        try:
+            await self._converse(ws, output)
+        finally:
+            self._sockets.discard(output)
+            if not self._sockets:
+                self._sockets_gone.set()
+        return ws
+
+    async def _converse(self, ws: web.WebSocketResponse, output: WsOutput) -> None:
         async with asyncio.TaskGroup() as tg:
             writer = tg.create_task(output.write(), name="ws-writer")
             reader = tg.create_task(self._read_client(ws, output), name="ws-reader")
@@ -217,7 +258,6 @@ class Orchestrator:
             # Closed from this task, not the reader's: aiohttp then waits for the client's
             # close frame, so the client sees our code rather than a dropped connection.
             await ws.close(code=output.close.code, message=output.close.reason.encode())
-        return ws
 
     async def _read_client(self, ws: web.WebSocketResponse, output: WsOutput) -> None:
         """The client's messages, until it leaves; a new session.start replaces the session."""

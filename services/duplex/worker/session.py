@@ -73,6 +73,9 @@ class SessionOptions:
         return cls(options.get("voice") or None, speed, pacing, lead_ms / 1000)  # type: ignore[arg-type]
 
 
+_MAX_UNITS = 256  # speakable units (clauses) queued ahead of synthesis
+
+
 class _UtteranceStart:
     __slots__ = ("t0",)
 
@@ -169,7 +172,9 @@ class SynthesisSession:
     async def run(
         self, pieces: AsyncIterator[TextPiece], send: Callable[[OutFrame], Awaitable[None]]
     ) -> None:
-        units: asyncio.Queue[_Unit] = asyncio.Queue()
+        # Bounded: text that arrives faster than it is spoken waits in the client's stream
+        # (HTTP/2 flow control), not in this process's memory.
+        units: asyncio.Queue[_Unit] = asyncio.Queue(_MAX_UNITS)
         self._frames = asyncio.Queue(self._max_frames)
         self._stop_requested = False
         self.streaming = True
@@ -205,19 +210,19 @@ class SynthesisSession:
                 )
             if piece.text and not open_utterance:
                 open_utterance = True
-                units.put_nowait(_UtteranceStart(time.monotonic()))
+                await units.put(_UtteranceStart(time.monotonic()))
             for unit in chunker.push(piece.text):
-                units.put_nowait(unit)
+                await units.put(unit)
             if piece.is_final:
                 for unit in chunker.flush():
-                    units.put_nowait(unit)
-                units.put_nowait(_END_UTTERANCE)
+                    await units.put(unit)
+                await units.put(_END_UTTERANCE)
                 open_utterance = False
         if open_utterance:  # the client half-closed without is_final: finish what it sent
             for unit in chunker.flush():
-                units.put_nowait(unit)
-            units.put_nowait(_END_UTTERANCE)
-        units.put_nowait(_END_STREAM)
+                await units.put(unit)
+            await units.put(_END_UTTERANCE)
+        await units.put(_END_STREAM)
 
     async def _synthesise(self, units: asyncio.Queue[_Unit], frames: asyncio.Queue[_Item]) -> None:
         while True:

@@ -645,6 +645,9 @@ function onJson(text) {
       renderMetrics();
       break;
     }
+    case 'session.ended':
+      sysMsg(`The conversation ended: ${msg.reason ?? 'the server closed it'}. Press Start to begin again.`, 'warn');
+      break;
     case 'error':
       sysMsg(`Error${msg.code != null ? ` [${msg.code}]` : ''}: ${msg.message ?? 'unknown error'}`, 'error');
       break;
