@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from duplex.kube import KubeClient
 from duplex.livekit_server import LiveKitServer
 from duplex.localredis import RedisServer
 from duplex_operator.devcluster import KubeApiServer, KubeControlPlane, locate_binaries
@@ -117,13 +118,19 @@ def kube_apiserver() -> Iterator[KubeApiServer]:
 
 
 @pytest.fixture
-def kube_namespace(kube_apiserver: KubeApiServer) -> Iterator[str]:
+async def kube(kube_apiserver: KubeApiServer) -> AsyncIterator[KubeClient]:
+    """A client with the admin's kubeconfig."""
+    async with kube_apiserver.client() as client:
+        yield client
+
+
+@pytest.fixture
+async def kube_namespace(kube: KubeClient) -> AsyncIterator[str]:
     """A fresh namespace. Without a namespace controller its deletion stops at Terminating."""
     name = f"t-{secrets.token_hex(3)}"
-    created = kube_apiserver.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
-    assert created.status == 201, created.text
+    await kube.create("/api/v1/namespaces", {"metadata": {"name": name}})
     yield name
-    kube_apiserver.request("DELETE", f"/api/v1/namespaces/{name}")
+    await kube.delete(f"/api/v1/namespaces/{name}")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 GPU_RESOURCE = "nvidia.com/gpu"
+# A Pod above its pool's minimum is removed after this long without a session (or a model).
+DEFAULT_SCALE_DOWN_SECONDS = 60.0
 
 
 class WorkerPool(BaseModel):
@@ -26,6 +28,11 @@ class WorkerPool(BaseModel):
     # Model memory one Pod may hold, for bin-packing model sets (sum of TTSModel memoryMiB).
     memory_mib: int = Field(2048, ge=1)
     max_sessions: int = Field(16, ge=1)
+    # Scale out on demand: when every Pod holding a model serves this many VoiceSessions, the
+    # model is placed on one more Pod (a new one up to max_pods). None: max_sessions.
+    max_sessions_per_pod: int | None = Field(None, ge=1)
+    # A Pod above min_pods that has served no session (or held no model) this long is removed.
+    scale_down_seconds: float = Field(DEFAULT_SCALE_DOWN_SECONDS, ge=0)
     image: str = "duplex:latest"
     image_pull_policy: str = "IfNotPresent"
     port: int = Field(50051, ge=1, le=65535)
@@ -45,6 +52,35 @@ class WorkerPool(BaseModel):
     def _sizes(self) -> WorkerPool:
         if self.min_pods > self.max_pods:
             raise ValueError(f"pool {self.name}: min_pods > max_pods")
+        if self.max_sessions_per_pod is not None and self.max_sessions_per_pod > self.max_sessions:
+            raise ValueError(f"pool {self.name}: max_sessions_per_pod > max_sessions")
+        return self
+
+    @property
+    def target_sessions(self) -> int:
+        """Sessions per Pod the pool scales out at (its hard limit is max_sessions)."""
+        return self.max_sessions_per_pod or self.max_sessions
+
+
+class LeaderElection(BaseModel):
+    """One active operator among replicas: the holder of a coordination.k8s.io Lease acts.
+
+    A standby takes over at most lease_seconds + retry_seconds after the leader's last renewal;
+    a leader that cannot renew for renew_seconds stops acting first (renew < lease).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    lease_name: str = Field("duplex-operator", pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+    lease_seconds: float = Field(10.0, gt=1)
+    renew_seconds: float = Field(7.0, gt=0)
+    retry_seconds: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> LeaderElection:
+        if not self.retry_seconds < self.renew_seconds < self.lease_seconds:
+            raise ValueError("leader election needs retry_seconds < renew_seconds < lease_seconds")
         return self
 
 
@@ -66,6 +102,7 @@ class OperatorConfig(BaseModel):
     worker_redis: str | None = None
     # Serve kopf's liveness probe here (e.g. http://0.0.0.0:8081/healthz); None disables it.
     liveness_endpoint: str | None = None
+    leader_election: LeaderElection = LeaderElection()
 
     @model_validator(mode="after")
     def _unique_pools(self) -> OperatorConfig:

@@ -3,92 +3,90 @@
 For the operator's tests and `duplex bench operator` on a machine without a cluster. The
 binaries come from tools/build-test-binaries.sh, which builds them once into a cache outside
 the checkout, so this works from a source checkout only. The apiserver serves the project's
-CRDs to an admin bearer token over HTTPS; the kubeconfig written here carries the same for
-programs under test.
+CRDs to bearer tokens over HTTPS (an admin, and a second user for credential plugins); the
+kubeconfig written here carries the admin's for programs under test, and an audit log records
+every write the server answers, with the user and user agent that made it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
-import functools
+import concurrent.futures
+import contextlib
 import json
 import secrets
 import shutil
-import ssl
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from http.client import HTTPException
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
+import aiohttp
 import yaml
 
+from duplex.kube import KubeApiError, KubeClient
 from duplex.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "tools" / "build-test-binaries.sh"
 CRD_DIR = ROOT / "manifests" / "crds"
+PLUGIN_USER = "plugin-user"
+CERT_USER = "cert-user"
 
+T = TypeVar("T")
 
-@dataclass(frozen=True)
-class KubeResponse:
-    status: int
-    text: str
-
-    def json(self) -> dict[str, Any]:
-        body: dict[str, Any] = json.loads(self.text)
-        return body
-
-    @property
-    def message(self) -> str:
-        """The message of a metav1.Status error body; empty for other bodies."""
-        try:
-            return str(self.json().get("message", ""))
-        except ValueError:
-            return ""
+# Metadata of every request that changes something; reads are not recorded.
+_AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+        {"level": "None"},
+    ],
+}
 
 
 @dataclass(frozen=True)
 class KubeApiServer:
     url: str
-    token: str
+    token: str  # the admin's (system:masters), also in `kubeconfig`
     ca_file: Path
     kubeconfig: Path
+    # A second user for credentials that reach the server another way (an exec plugin).
+    plugin_token: str
+    # Every write request the server answered, as JSON lines (user, user agent, verb, object).
+    audit_log: Path
+    # A client certificate (user cert-user, group system:masters) and its key.
+    client_cert: Path
+    client_key: Path
 
-    def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.ca_file))
+    def write_kubeconfig(
+        self, path: Path, user: dict[str, Any], *, cluster: dict[str, Any] | None = None
+    ) -> Path:
+        """A kubeconfig for this server whose user is `user` (token, exec, certificate...)."""
+        _write_kubeconfig(self, path, user, cluster)
+        return path
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: object | None = None,
-        *,
-        content_type: str = "application/json",
-        accept: str = "application/json",
-        timeout: float = 10,
-    ) -> KubeResponse:
-        """One request as the admin user; error statuses are returned, not raised."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("Authorization", f"Bearer {self.token}")
-        request.add_header("Accept", accept)
-        if data is not None:
-            request.add_header("Content-Type", content_type)
-        opener = _loopback_opener(urllib.request.HTTPSHandler(context=self.ssl_context()))
-        try:
-            with opener.open(request, timeout=timeout) as response:
-                return KubeResponse(response.status, response.read().decode())
-        except urllib.error.HTTPError as error:
-            with error:
-                return KubeResponse(error.code, error.read().decode())
+    def client(self, **options: Any) -> KubeClient:
+        """A client of the admin's kubeconfig."""
+        return KubeClient.load(self.kubeconfig, **options)
+
+    def writes(self) -> list[dict[str, Any]]:
+        """The audit log's events so far: who changed what (the log is written as it happens)."""
+        if not self.audit_log.exists():
+            return []
+        events = []
+        for line in self.audit_log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(line))
+        return events
 
 
 def locate_binaries(names: Sequence[str] = ("kube-apiserver", "etcd")) -> dict[str, Path]:
@@ -175,7 +173,6 @@ class KubeControlPlane:
                 self._stop_processes()
         else:
             raise RuntimeError("etcd or kube-apiserver found its port taken three times")
-        self._apply_crds(api, deadline)
         return api
 
     def stop(self) -> None:
@@ -192,6 +189,8 @@ class KubeControlPlane:
     def _start_servers(
         self, binaries: dict[str, Path], run: Path, deadline: float
     ) -> KubeApiServer:
+        # The servers are started from this thread and only waited on from another: each asks
+        # for a death signal when its parent thread ends (see _dying_with_parent).
         run.mkdir()
         etcd_port, peer_port, api_port = free_ports(3)
         etcd_url = f"http://127.0.0.1:{etcd_port}"
@@ -211,13 +210,19 @@ class KubeControlPlane:
             # Throwaway data: durability only costs time.
             etcd_args.append("--unsafe-no-fsync")
         etcd = self._spawn("etcd", etcd_args, run / "etcd.log")
-        etcd.wait_until(lambda: _etcd_healthy(etcd_url), "answer /health", deadline)
+        _run(etcd.until(lambda: _etcd_healthy(etcd_url), "answer /health", deadline))
 
-        token = secrets.token_urlsafe(32)
+        token, plugin_token = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         tokens = run / "tokens.csv"
-        tokens.write_text(f'{token},admin,admin,"system:masters"\n')
+        tokens.write_text(
+            f'{token},admin,admin,"system:masters"\n'
+            f'{plugin_token},{PLUGIN_USER},{PLUGIN_USER},"system:masters"\n'
+        )
         sa_key = run / "service-account.key"
         _write_rsa_key(sa_key)
+        client_ca = _write_client_certificates(run)
+        policy = run / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(_AUDIT_POLICY))
         cert_dir = run / "certs"
         api = KubeApiServer(
             url=f"https://127.0.0.1:{api_port}",
@@ -226,6 +231,10 @@ class KubeControlPlane:
             # CA and a serving cert for its bind and advertise addresses into this one file.
             ca_file=cert_dir / "apiserver.crt",
             kubeconfig=run / "kubeconfig",
+            plugin_token=plugin_token,
+            audit_log=run / "audit.log",
+            client_cert=run / "client.crt",
+            client_key=run / "client.key",
         )
         apiserver = self._spawn(
             "kube-apiserver",
@@ -237,6 +246,7 @@ class KubeControlPlane:
                 f"--secure-port={api_port}",
                 f"--cert-dir={cert_dir}",
                 f"--token-auth-file={tokens}",
+                f"--client-ca-file={client_ca}",
                 "--authorization-mode=RBAC",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={sa_key}",
@@ -249,25 +259,37 @@ class KubeControlPlane:
                 # rejects as loopback; nothing runs in-cluster to use them anyway.
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={api.audit_log}",
+                "--audit-log-format=json",
+                # Written as each request completes, so a test reads what just happened.
+                "--audit-log-mode=blocking",
             ],
             run / "kube-apiserver.log",
         )
-        apiserver.wait_until(lambda: _answers(api, "/readyz"), "become ready", deadline)
-        # The apiserver's own bootstrap controller creates it, shortly after /readyz.
-        apiserver.wait_until(
-            lambda: _answers(api, "/api/v1/namespaces/default"),
-            "create the default namespace",
-            deadline,
-        )
-        _write_kubeconfig(api)
+        _run(self._bootstrap(api, apiserver, deadline))
         return api
+
+    async def _bootstrap(self, api: KubeApiServer, server: _Process, deadline: float) -> None:
+        # The serving certificate (our CA) exists once the apiserver has generated it.
+        await server.until(_exists(api.ca_file), "write its certificate", deadline)
+        _write_kubeconfig(api, api.kubeconfig, {"token": api.token})
+        async with api.client() as client:
+            await server.until(_answers(client, "/readyz"), "become ready", deadline)
+            # The apiserver's own bootstrap controller creates it, shortly after /readyz.
+            await server.until(
+                _answers(client, "/api/v1/namespaces/default"),
+                "create the default namespace",
+                deadline,
+            )
+            await self._apply_crds(client, server, deadline)
 
     def _spawn(self, name: str, argv: list[str], log: Path) -> _Process:
         process = _Process(name, argv, log)
         self._processes.append(process)
         return process
 
-    def _apply_crds(self, api: KubeApiServer, deadline: float) -> None:
+    async def _apply_crds(self, client: KubeClient, server: _Process, deadline: float) -> None:
         crds = [
             doc
             for path in sorted(self._crd_dir.glob("*.yaml"))
@@ -278,14 +300,15 @@ class KubeControlPlane:
             raise RuntimeError(f"no CustomResourceDefinition in {self._crd_dir}")
         base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
         for crd in crds:
-            created = api.request("POST", base, crd)
-            if created.status != 201:
-                name = crd["metadata"]["name"]
-                raise RuntimeError(f"creating CRD {name}: {created.status} {created.text}")
+            try:
+                await client.create(base, crd)
+            except KubeApiError as exc:
+                raise RuntimeError(f"creating CRD {crd['metadata']['name']}: {exc}") from exc
         for crd in crds:
             name = crd["metadata"]["name"]
-            established = functools.partial(_established, api, f"{base}/{name}")
-            _wait_until(established, f"CRD {name} to be Established", deadline)
+            await server.until(
+                _established(client, f"{base}/{name}"), f"establish CRD {name}", deadline
+            )
             # Established can precede the group version's discovery document by a moment,
             # and clients that resolve resources through discovery need that too.
             spec = crd["spec"]
@@ -293,8 +316,9 @@ class KubeControlPlane:
             for version in spec["versions"]:
                 if version.get("served", True):
                     path = f"/apis/{spec['group']}/{version['name']}"
-                    discovered = functools.partial(_discovers, api, path, plural)
-                    _wait_until(discovered, f"{plural} in {path}", deadline)
+                    await server.until(
+                        _discovers(client, path, plural), f"serve {plural} in {path}", deadline
+                    )
 
 
 class _PortTaken(Exception):
@@ -315,8 +339,10 @@ class _Process:
                 stderr=subprocess.STDOUT,
             )
 
-    def wait_until(self, condition: Callable[[], bool], what: str, deadline: float) -> None:
-        while not condition():
+    async def until(
+        self, condition: Callable[[], Awaitable[bool]], what: str, deadline: float
+    ) -> None:
+        while not await condition():
             if self._popen.poll() is not None:
                 tail = self.tail()
                 if "address already in use" in tail:
@@ -329,7 +355,7 @@ class _Process:
                 raise RuntimeError(
                     f"{self.name} did not {what} in time; the end of its log:\n{self.tail()}"
                 )
-            time.sleep(0.05)
+            await asyncio.sleep(0.05)
 
     def tail(self, lines: int = 40) -> str:
         with self.log.open(errors="replace") as log:
@@ -345,51 +371,68 @@ class _Process:
                 self._popen.wait()
 
 
-def _wait_until(condition: Callable[[], bool], what: str, deadline: float) -> None:
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to its end from synchronous code, on a loop and thread of its own.
+
+    The caller may be a test whose event loop (idle or running) belongs to this thread.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="control-plane") as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
-def _loopback_opener(*handlers: urllib.request.BaseHandler) -> urllib.request.OpenerDirector:
-    # An empty ProxyHandler: a proxy from the environment must not intercept loopback.
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}), *handlers)
+def _exists(path: Path) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await asyncio.to_thread(path.exists)
+
+    return check
 
 
-def _etcd_healthy(url: str) -> bool:
+async def _etcd_healthy(url: str) -> bool:
     try:
-        with _loopback_opener().open(f"{url}/health", timeout=1) as response:
-            return bool(json.load(response).get("health") == "true")
-    except (OSError, HTTPException, ValueError):
+        # trust_env off: a proxy from the environment must not intercept loopback.
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{url}/health", timeout=aiohttp.ClientTimeout(total=1)) as response,
+        ):
+            body = await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
         return False
+    return isinstance(body, dict) and body.get("health") == "true"
 
 
-def _answers(api: KubeApiServer, path: str) -> bool:
-    if not api.ca_file.exists():
-        return False
-    try:
-        return api.request("GET", path, accept="*/*", timeout=2).status == 200
-    except (OSError, HTTPException):
-        return False
+def _answers(client: KubeClient, path: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        try:
+            answer = await client.request_raw("GET", path, accept="*/*", timeout=2)
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+        return answer.status == 200
+
+    return check
 
 
-def _established(api: KubeApiServer, path: str) -> bool:
-    response = api.request("GET", path)
-    if response.status != 200:
-        return False
-    conditions = response.json().get("status", {}).get("conditions") or []
-    for condition in conditions:
-        if condition["type"] == "NamesAccepted" and condition["status"] == "False":
-            raise RuntimeError(f"{path}: names not accepted: {condition.get('message')}")
-    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+def _established(client: KubeClient, path: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        answer = await client.request_raw("GET", path)
+        if answer.status != 200:
+            return False
+        conditions = answer.json().get("status", {}).get("conditions") or []
+        for condition in conditions:
+            if condition["type"] == "NamesAccepted" and condition["status"] == "False":
+                raise RuntimeError(f"{path}: names not accepted: {condition.get('message')}")
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    return check
 
 
-def _discovers(api: KubeApiServer, path: str, plural: str) -> bool:
-    response = api.request("GET", path)
-    if response.status != 200:
-        return False
-    return plural in {resource["name"] for resource in response.json().get("resources", [])}
+def _discovers(client: KubeClient, path: str, plural: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        answer = await client.request_raw("GET", path)
+        if answer.status != 200:
+            return False
+        return plural in {resource["name"] for resource in answer.json().get("resources", [])}
+
+    return check
 
 
 def _supports(binary: Path, flag: str) -> bool:
@@ -408,26 +451,43 @@ def _write_rsa_key(path: Path) -> None:
     )
 
 
-def _write_kubeconfig(api: KubeApiServer) -> None:
+def _write_client_certificates(run: Path) -> Path:
+    """A CA the apiserver trusts for client certificates, and one certificate it signed."""
+    ca_key, ca, key, request = (run / n for n in ("ca.key", "ca.crt", "client.key", "client.csr"))
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for argv in (
+        ["req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-subj", "/CN=duplex-test-ca"],
+        ["req", *ec, "-keyout", key, "-out", request, "-subj", f"/O=system:masters/CN={CERT_USER}"],
+        ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial"]
+        + ["-days", "2", "-out", run / "client.crt"],
+    ):
+        subprocess.run(["openssl", *map(str, argv)], capture_output=True, check=True)
+    return ca
+
+
+def _write_kubeconfig(
+    api: KubeApiServer, path: Path, user: dict[str, Any], cluster: dict[str, Any] | None = None
+) -> None:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [
             {
                 "name": "test",
-                "cluster": {"server": api.url, "certificate-authority": str(api.ca_file)},
+                "cluster": cluster
+                or {"server": api.url, "certificate-authority": str(api.ca_file)},
             }
         ],
-        "users": [{"name": "admin", "user": {"token": api.token}}],
+        "users": [{"name": "user", "user": user}],
         "contexts": [
             {
                 "name": "test",
-                "context": {"cluster": "test", "user": "admin", "namespace": "default"},
+                "context": {"cluster": "test", "user": "user", "namespace": "default"},
             }
         ],
         "current-context": "test",
     }
-    api.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def _dying_with_parent(argv: list[str]) -> list[str]:

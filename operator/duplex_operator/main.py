@@ -1,43 +1,58 @@
-"""`duplex operator`: kopf watches the resources, the reconciler acts on them.
+"""`duplex operator`: kopf watches the resources, the elected leader reconciles them.
 
 kopf supplies the watch streams (with their reconnects and resourceVersion bookkeeping), the
-liveness probe and logging; each event only wakes the one reconcile loop, which owns every
-change. Both run in one TaskGroup and stop together on SIGINT/SIGTERM.
+liveness probe and logging; it logs in with the credentials of our one Kubernetes client
+(duplex.kube), so every kubeconfig that works for the client works for kopf's watches too, and
+a renewed token reaches both. Each watch event only wakes the reconcile loop, which owns every
+change and runs only while this replica holds the Lease (duplex_operator.leader): any number of
+replicas may run, one acts. kopf's event handlers write nothing, so standbys write nothing
+either. Everything runs in one TaskGroup and stops together on SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
+import uuid
 from pathlib import Path
 from typing import Any
 
 import kopf
 
-from duplex.kube import KubeClient, KubeConfig
+from duplex import __version__
+from duplex.kube import KubeClient
 from duplex_operator.config import OperatorConfig
-from duplex_operator.reconciler import Reconciler
+from duplex_operator.leader import LeaderElector
+from duplex_operator.reconciler import LeadershipLost, Reconciler
 from duplex_operator.resources import COMPONENT_LABEL, GROUP, TTSMODELS, VERSION, VOICESESSIONS
 
 log = logging.getLogger(__name__)
 
 
-def build_registry(reconciler: Reconciler, kube: KubeConfig) -> kopf.OperatorRegistry:
+def build_registry(
+    reconciler: Reconciler, client: KubeClient, elector: LeaderElector | None
+) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        # The same credentials our client uses, so kopf and the reconciler see one cluster.
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        # Called again by kopf on a 401 and when `expiration` passes: fresh credentials then.
+        creds = await client.credentials()
+        scheme, _sep, secret = (creds.authorization or "").partition(" ")
         return kopf.ConnectionInfo(
-            server=kube.server,
-            ca_path=str(kube.ca_file) if kube.ca_file else None,
-            insecure=kube.insecure,
-            scheme="Bearer" if kube.bearer() else None,
-            token=kube.bearer(),
-            certificate_path=str(kube.cert_file) if kube.cert_file else None,
-            private_key_path=str(kube.key_file) if kube.key_file else None,
+            server=creds.server,
+            ca_path=creds.ca_file,
+            insecure=creds.insecure,
+            scheme=scheme or None,
+            token=secret or None,
+            certificate_path=creds.cert_file,
+            private_key_path=creds.key_file,
+            proxy_url=creds.proxy,
             default_namespace=reconciler.config.namespace,
+            expiration=creds.expires,
         )
 
     @kopf.on.startup(registry=registry)
@@ -48,6 +63,10 @@ def build_registry(reconciler: Reconciler, kube: KubeConfig) -> kopf.OperatorReg
         settings.networking.request_timeout = 60
         # No cluster-wide RBAC: the namespace is explicit and the CRDs exist before we start.
         settings.scanning.disabled = True
+
+    @kopf.on.probe(registry=registry, id="leader")
+    def leader(**_: Any) -> bool:
+        return elector is None or elector.leading()
 
     def wake(**_: Any) -> None:
         reconciler.wake()
@@ -65,24 +84,52 @@ def build_registry(reconciler: Reconciler, kube: KubeConfig) -> kopf.OperatorReg
     return registry
 
 
+def identity() -> str:
+    """This replica in the Lease: its Pod's name, made unique per process."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+
+
 async def run(config: OperatorConfig, kubeconfig: Path | None = None) -> None:
     """Run until SIGINT/SIGTERM (or until kopf stops)."""
-    kube = KubeConfig.load(kubeconfig)
-    client = KubeClient(kube)
-    reconciler = Reconciler(config, client)
-    registry = build_registry(reconciler, kube)
+    me = identity()
+    client = KubeClient.load(kubeconfig, user_agent=f"duplex-operator/{__version__} ({me})")
+    elector = (
+        LeaderElector(client, config.namespace, me, config.leader_election)
+        if config.leader_election.enabled
+        else None
+    )
+    reconciler = Reconciler(
+        config,
+        client,
+        instance=me,
+        may_write=elector.leading if elector is not None else lambda: True,
+    )
+    registry = build_registry(reconciler, client, elector)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info(
-        "duplex operator managing namespace %s (pools: %s)",
+        "duplex operator %s managing namespace %s (pools: %s)",
+        me,
         config.namespace,
         ", ".join(p.name for p in config.pools),
     )
+
+    async def term() -> None:
+        # A new term starts from the cluster alone: nothing learnt in an earlier one is kept.
+        reconciler.restart()
+        reconciler.wake()
+        try:
+            await reconciler.run()
+        except* LeadershipLost:
+            log.warning("leadership lost in the middle of a pass; its remaining writes dropped")
+
     try:
         async with asyncio.TaskGroup() as group:
-            reconcile = group.create_task(reconciler.run(), name="reconcile")
+            reconcile = group.create_task(
+                elector.run(term) if elector is not None else reconciler.run(), name="reconcile"
+            )
             watch = group.create_task(
                 kopf.operator(
                     registry=registry,

@@ -3,14 +3,21 @@
 Watch events (delivered by kopf) only wake the loop; every pass lists the TTSModels,
 VoiceSessions and worker Pods and reads the workers' Redis records afresh, so a missed or
 reordered event cannot leave anything wrong for longer than one resync period.
+
+Nothing on one object stalls the rest: an object that cannot be read gets an InvalidSpec
+condition, a write the API server refuses becomes a Warning event on that object (and, for a
+Pod it would not create, a condition on the models that needed it), and the pass goes on. A
+Redis outage leaves out only what needs Redis (residency, eviction, scale-in); sessions are
+still bound and ended, Pods still created, and the TTSModels' Resident condition says why it
+is Unknown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -23,11 +30,16 @@ from duplex_operator.config import OperatorConfig
 from duplex_operator.planner import Event, Plan, Planner, World
 from duplex_operator.resources import (
     API_VERSION,
+    POOL_LABEL,
     TTSMODELS,
     VOICESESSIONS,
     WORKER_SELECTOR,
+    InvalidObject,
+    TtsModel,
+    VoiceSession,
     format_time,
     parse_model,
+    parse_or_invalid,
     parse_pod,
     parse_session,
 )
@@ -35,17 +47,38 @@ from duplex_operator.resources import (
 log = logging.getLogger(__name__)
 
 _KIND_API = {"TTSModel": API_VERSION, "VoiceSession": API_VERSION, "Pod": "v1"}
+# The same warning about the same object is posted again only after this long.
+_REPEAT_WARNING_SECONDS = 300.0
+
+
+class LeadershipLost(Exception):
+    """The operator is no longer the leader: the pass stops before its next write."""
 
 
 class Reconciler:
-    def __init__(self, config: OperatorConfig, client: KubeClient) -> None:
+    def __init__(
+        self,
+        config: OperatorConfig,
+        client: KubeClient,
+        *,
+        instance: str = "duplex-operator",
+        may_write: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.config = config
         self.client = client
         self.planner = Planner(config, started_at=time.time())
-        self._redis = aioredis.from_url(config.redis)
+        # Short timeouts: an unreachable Redis must not hold up what needs no Redis.
+        self._redis = aioredis.from_url(config.redis, socket_timeout=2, socket_connect_timeout=2)
+        # The events channel is quiet for minutes at a time: no read timeout on its connection.
+        self._events = aioredis.from_url(
+            config.redis, socket_connect_timeout=2, health_check_interval=30
+        )
         self._wake = asyncio.Event()
+        self._may_write = may_write
+        self._instance = instance
+        self._warned: dict[tuple[str, str, str, str], float] = {}
         self.passes = 0
-        self._instance = socket.gethostname()
+        self.last_plan: Plan | None = None
 
     @property
     def _ns(self) -> str:
@@ -62,6 +95,11 @@ class Reconciler:
     def wake(self) -> None:
         self._wake.set()
 
+    def restart(self) -> None:
+        """Forget what was learnt in memory (a new leadership term starts from the cluster)."""
+        self.planner = Planner(self.config, started_at=time.time())
+        self._warned.clear()
+
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._follow_worker_events(), name="worker-events")
@@ -73,7 +111,7 @@ class Reconciler:
         attempt = 0
         while True:
             try:
-                async with self._redis.pubsub() as pubsub:
+                async with self._events.pubsub() as pubsub:
                     await pubsub.subscribe(EVENTS_CHANNEL)
                     attempt = 0
                     async for message in pubsub.listen():
@@ -96,29 +134,56 @@ class Reconciler:
             await asyncio.sleep(0.02)
             self._wake.clear()
             try:
-                plan = await self.reconcile_once()
+                plan, refused = await self.reconcile_once()
                 failures = 0
-                if not plan.empty:
+                if not plan.empty and not refused:
                     self._wake.set()  # confirm the result at once instead of after a resync
-            except (KubeApiError, aiohttp.ClientError, OSError, RedisError, TimeoutError) as exc:
+            except (KubeApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                # Listing failed (the API server is away): nothing was planned, try again.
                 failures += 1
                 log.warning("reconcile pass failed (%d in a row): %s", failures, exc)
                 await asyncio.sleep(min(5.0, 0.2 * 2**failures))
 
     async def observe(self) -> World:
-        models, sessions, pods, records = await asyncio.gather(
-            self.client.list(self._crd_path(TTSMODELS)),
-            self.client.list(self._crd_path(VOICESESSIONS)),
-            self.client.list(self._pods_path, label_selector=WORKER_SELECTOR),
-            self.read_records(),
+        (models, sessions, pods), (records, redis_error) = await asyncio.gather(
+            asyncio.gather(
+                self.client.list(self._crd_path(TTSMODELS)),
+                self.client.list(self._crd_path(VOICESESSIONS)),
+                self.client.list(self._pods_path, label_selector=WORKER_SELECTOR),
+            ),
+            self._read_records(),
         )
+        invalid: list[InvalidObject] = []
+        parsed_models: list[TtsModel] = []
+        for obj in models.get("items", []):
+            model = parse_or_invalid("TTSModel", obj, parse_model)
+            if isinstance(model, InvalidObject):
+                invalid.append(model)
+            else:
+                parsed_models.append(model)
+        parsed_sessions: list[VoiceSession] = []
+        for obj in sessions.get("items", []):
+            session = parse_or_invalid("VoiceSession", obj, parse_session)
+            if isinstance(session, InvalidObject):
+                invalid.append(session)
+            else:
+                parsed_sessions.append(session)
         return World(
-            models=[parse_model(o) for o in models.get("items", []) if _valid(o, "modelId")],
-            sessions=[parse_session(o) for o in sessions.get("items", []) if _valid(o, "modelId")],
+            models=parsed_models,
+            sessions=parsed_sessions,
             pods=[parse_pod(o) for o in pods.get("items", [])],
             records=records,
             now=time.time(),
+            redis_error=redis_error,
+            invalid=invalid,
         )
+
+    async def _read_records(self) -> tuple[dict[str, WorkerRecord], str | None]:
+        try:
+            return await self.read_records(), None
+        except (RedisError, OSError) as exc:
+            log.warning("worker records unavailable: %s", exc)
+            return {}, f"Redis at {self.config.redis} is unavailable ({exc})"
 
     async def read_records(self) -> dict[str, WorkerRecord]:
         keys = [key async for key in self._redis.scan_iter(match=f"{KEY_PREFIX}*", count=500)]
@@ -136,49 +201,82 @@ class Reconciler:
             records[record.name] = record
         return records
 
-    async def reconcile_once(self) -> Plan:
+    async def reconcile_once(self) -> tuple[Plan, int]:
+        """One pass: the plan and how many of its writes the API server refused."""
         world = await self.observe()
         plan = self.planner.plan(world)
-        await self.apply(plan)
+        refused = await self.apply(plan)
         self.passes += 1
-        return plan
+        self.last_plan = plan
+        return plan, refused
 
-    async def apply(self, plan: Plan) -> None:
+    async def apply(self, plan: Plan) -> int:
+        refused = 0
         for pod in plan.create_pods:
-            name = pod["metadata"]["name"]
-            try:
-                await self.client.create(self._pods_path, pod)
+            meta = pod["metadata"]
+            name, pool = meta["name"], meta["labels"][POOL_LABEL]
+            error = await self._write(self.client.create(self._pods_path, pod), conflict_ok=True)
+            if error is None:
                 log.info("created worker pod %s", name)
+                self.planner.pod_created(pool)
                 await self.post_event(Event("Pod", name, "", "Normal", "Created", "worker pod"))
-            except KubeApiError as exc:
-                if exc.status != 409:  # 409: it exists (another pass or replica made it)
-                    raise
+            else:
+                refused += 1
+                self.planner.pod_create_failed(pool, error.message, time.time())
+                log.warning("creating worker pod %s failed: %s", name, error)
         for name, patch in plan.patch_pods.items():
-            await self._tolerate_gone(self.client.patch(f"{self._pods_path}/{name}", patch))
+            error = await self._write(self.client.patch(f"{self._pods_path}/{name}", patch))
+            refused += await self._refused("Pod", name, "UpdateFailed", error)
         for name in plan.delete_pods:
             log.info("deleting idle worker pod %s", name)
-            await self._tolerate_gone(self.client.delete(f"{self._pods_path}/{name}"))
-        for name, status in plan.model_status.items():
-            await self._tolerate_gone(
-                self.client.patch(f"{self._crd_path(TTSMODELS, name)}/status", {"status": status})
-            )
-        for name, status in plan.session_status.items():
-            await self._tolerate_gone(
-                self.client.patch(
-                    f"{self._crd_path(VOICESESSIONS, name)}/status", {"status": status}
-                )
-            )
+            error = await self._write(self.client.delete(f"{self._pods_path}/{name}"))
+            refused += await self._refused("Pod", name, "DeleteFailed", error)
+        for kind, plural, statuses in (
+            ("TTSModel", TTSMODELS, plan.model_status),
+            ("VoiceSession", VOICESESSIONS, plan.session_status),
+        ):
+            for name, status in statuses.items():
+                path = f"{self._crd_path(plural, name)}/status"
+                error = await self._write(self.client.patch(path, {"status": status}))
+                refused += await self._refused(kind, name, "StatusUpdateFailed", error)
         for event in plan.events:
             await self.post_event(event)
+        return refused
 
-    async def _tolerate_gone(self, call: Any) -> None:
+    async def _write(
+        self, call: Awaitable[dict[str, Any]], *, conflict_ok: bool = False
+    ) -> KubeApiError | None:
+        """Make one write; the API server's refusal comes back, it is not raised.
+
+        404 (deleted since it was listed) and, for a create, 409 (it exists) are what the next
+        pass sees anyway: not refusals.
+        """
+        if not self._may_write():
+            if asyncio.iscoroutine(call):
+                call.close()
+            raise LeadershipLost("leadership lost during a pass")
         try:
             await call
         except KubeApiError as exc:
-            if exc.status != 404:  # deleted since it was listed: the next pass sees that
-                raise
+            if exc.status == 404 or (conflict_ok and exc.status == 409):
+                return None
+            return exc
+        return None
+
+    async def _refused(self, kind: str, name: str, reason: str, error: KubeApiError | None) -> int:
+        if error is None:
+            return 0
+        log.warning("%s %s: %s", kind, name, error)
+        await self.post_event(Event(kind, name, "", "Warning", reason, str(error)))
+        return 1
 
     async def post_event(self, event: Event) -> None:
+        now_mono = time.monotonic()
+        if event.type == "Warning":
+            key = (event.kind, event.name, event.reason, event.message)
+            if now_mono - self._warned.get(key, -_REPEAT_WARNING_SECONDS) < _REPEAT_WARNING_SECONDS:
+                return
+            self._warned[key] = now_mono
         log.info("%s %s/%s: %s", event.reason, event.kind, event.name, event.message)
         now = format_time(time.time())
         body = {
@@ -200,17 +298,15 @@ class Reconciler:
             "count": 1,
             "source": {"component": "duplex-operator"},
             "reportingComponent": "duplex-operator",
-            "reportingInstance": self._instance,
+            "reportingInstance": self._instance[:128],
         }
+        if not self._may_write():
+            raise LeadershipLost("leadership lost during a pass")
         try:
             await self.client.create(f"/api/v1/namespaces/{self._ns}/events", body)
         except KubeApiError as exc:  # events are best effort; never fail a pass for one
             log.warning("could not post event %s: %s", event.reason, exc)
 
     async def aclose(self) -> None:
+        await self._events.aclose()
         await self._redis.aclose()
-
-
-def _valid(obj: dict[str, Any], key: str) -> bool:
-    spec = obj.get("spec")
-    return isinstance(spec, dict) and bool(spec.get(key))

@@ -7,9 +7,12 @@ API server; `parse_*` are the only places that know the wire shape.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 GROUP = "duplex.dev"
 VERSION = "v1alpha1"
@@ -26,6 +29,11 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 WORKER_SELECTOR = f"app.kubernetes.io/name=duplex,{COMPONENT_LABEL}=worker"
 
 FINAL_PHASES = frozenset({"Ended", "Failed"})
+# The annotations of one Pod may total 256 KiB (keys and values). The model-set annotations
+# stay within this, the rest being left to the pool's own annotations; one model's catalog
+# entry may take at most a quarter of it (the CRD's bounds keep a plain spec well below).
+ANNOTATION_BUDGET = 224 * 1024
+ENTRY_LIMIT = ANNOTATION_BUDGET // 4
 
 
 def parse_time(value: str | None) -> float | None:
@@ -57,6 +65,11 @@ class TtsModel:
     # The worker catalog entry (ModelEntry fields) sent in the Pod's model-specs annotation.
     entry: dict[str, Any]
     status: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def entry_bytes(self) -> int:
+        """What the entry adds to a Pod's model-specs annotation (as pods.py encodes it)."""
+        return len(json.dumps(self.entry, sort_keys=True).encode())
 
     def condition(self, kind: str) -> dict[str, Any] | None:
         for cond in self.status.get("conditions") or []:
@@ -116,6 +129,37 @@ class WorkerPod:
     # The raw annotations, compared with what the planner wants before patching.
     specs: str = ""
     added_raw: str = ""
+
+
+@dataclass(frozen=True)
+class InvalidObject:
+    """A TTSModel or VoiceSession the operator cannot read (a spec the CRD should not allow)."""
+
+    kind: str
+    name: str
+    uid: str
+    generation: int
+    status: dict[str, Any]
+    error: str
+
+
+def parse_or_invalid(
+    kind: str, obj: dict[str, Any], parse: Callable[[dict[str, Any]], T]
+) -> T | InvalidObject:
+    """`parse(obj)`, or what is wrong with `obj`: one bad object must not stop the pass."""
+    try:
+        return parse(obj)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        meta: dict[str, Any] = obj.get("metadata") or {}
+        detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        return InvalidObject(
+            kind,
+            str(meta.get("name", "")),
+            str(meta.get("uid", "")),
+            int(meta.get("generation") or 1),
+            dict(obj.get("status") or {}),
+            f"the spec cannot be read: {detail}",
+        )
 
 
 def _meta(obj: dict[str, Any]) -> dict[str, Any]:

@@ -13,10 +13,23 @@ from typing import Any
 
 KEY_PREFIX = "duplex:worker:"
 EVENTS_CHANNEL = "duplex:events"
+# A TTS session that serves a VoiceSession (Kubernetes) is named <VoiceSession>/<suffix>:
+# the worker lists its sessions' ids, and the operator sees which VoiceSessions are Active.
+_VOICE_SESSION_SEPARATOR = "/"
 
 
 def worker_key(name: str) -> str:
     return f"{KEY_PREFIX}{name}"
+
+
+def voice_session_of(session_id: str) -> str | None:
+    """The VoiceSession a TTS session serves, from its id; None for other sessions."""
+    name, separator, _ = session_id.partition(_VOICE_SESSION_SEPARATOR)
+    return name if separator and name else None
+
+
+def session_id_for(voice_session: str, suffix: str) -> str:
+    return f"{voice_session}{_VOICE_SESSION_SEPARATOR}{suffix}"
 
 
 @dataclass
@@ -32,6 +45,8 @@ class WorkerRecord:
     # Kubernetes mode: the model set the worker last applied (None when it follows none).
     model_set: list[str] | None = None
     active_sessions: int = 0
+    # Kubernetes mode: the ids of the sessions held (see voice_session_of).
+    session_ids: list[str] = field(default_factory=list)
     max_sessions: int = 0
     queue_depth: int = 0
     rtf_p50: float = 0.0

@@ -70,6 +70,12 @@ class ModelLoadFailed(DuplexError):
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class ModelNotPlaced(ModelLoadFailed):
+    """Kubernetes mode: the model is not in this worker Pod's model set (the operator places)."""
+
+    code = "model_not_placed"
+
+
 class MissingDependency(ModelLoadFailed):
     """A model family's extra is not installed; the message names the pip command."""
 

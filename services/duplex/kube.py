@@ -1,29 +1,41 @@
-"""A small asyncio client for the Kubernetes API (the few calls workers and the operator make).
+"""The Kubernetes API as workers, the operator, orchestrators and benches use it.
 
-Both a worker following its Pod's model set and the operator need get/list/patch/watch and
-little else; a thin layer over aiohttp (already a dependency) keeps the worker image free of a
-full Kubernetes client. Credentials come from the in-cluster service account or a kubeconfig
-(token, client certificate, or no auth), the two ways a process meets an API server.
+Credentials and transport are `kubernetes_asyncio`'s, the asyncio edition of the official
+client (the same kubeconfig loader, ported): every kubeconfig it accepts works here, i.e.
+tokens and token files, client certificates, exec credential plugins (EKS, GKE, AKS), OIDC and
+GCP auth-providers, basic auth, several files in `KUBECONFIG`, `proxy-url`,
+`tls-server-name`, and in-cluster service-account tokens that rotate. This module adds what
+every caller here needs on top: objects as plain JSON dicts addressed by API path (no model
+classes, which cost more to build than the operator's whole pass), errors as `KubeApiError`,
+a retry after 429 (Retry-After), credentials renewed before they expire and once on a 401,
+watch streams, and a count of the writes made (the operator's bench reports it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
+import collections
+import contextlib
+import datetime
 import json
+import logging
 import os
-import ssl
-import tempfile
+import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote
 
 import aiohttp
 import yaml
+from kubernetes_asyncio.client import ApiClient, Configuration
+from kubernetes_asyncio.config import ConfigException
+from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
+from kubernetes_asyncio.config.kube_config import ConfigNode, KubeConfigLoader, KubeConfigMerger
 
 from duplex.errors import DuplexError, InvalidInput
+
+log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -33,6 +45,12 @@ _PATCH_TYPES: dict[str, str] = {
     "json": "application/json-patch+json",
     "strategic": "application/strategic-merge-patch+json",
 }
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# 429 answers (API Priority and Fairness) were not processed: any request may be sent again.
+_MAX_ATTEMPTS = 6
+_MAX_RETRY_AFTER = 10.0
+# A token read from a file (kubeconfig tokenFile) is read again this often: rotated tokens.
+_TOKEN_FILE_SECONDS = 60.0
 
 
 class KubeApiError(DuplexError):
@@ -45,172 +63,377 @@ class KubeApiError(DuplexError):
         self.message = message
 
 
-@dataclass
-class KubeConfig:
-    server: str
-    token: str | None = None
-    token_file: Path | None = None  # re-read on use: projected tokens rotate
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    insecure: bool = False
-    namespace: str = "default"
-    # Temporary files written for inline (*-data) credentials; removed by the client.
-    _temp: list[Path] = field(default_factory=list, repr=False)
+@dataclass(frozen=True)
+class KubeResponse:
+    """An answer as it came, error statuses included (for callers that test refusals)."""
 
-    @classmethod
-    def in_cluster(cls) -> KubeConfig:
-        host = os.environ.get("KUBERNETES_SERVICE_HOST")
-        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        if not host:
-            raise InvalidInput("not running in a Kubernetes Pod (KUBERNETES_SERVICE_HOST unset)")
-        if ":" in host:
-            host = f"[{host}]"
-        namespace_file = SERVICE_ACCOUNT_DIR / "namespace"
-        return cls(
-            server=f"https://{host}:{port}",
-            token_file=SERVICE_ACCOUNT_DIR / "token",
-            ca_file=SERVICE_ACCOUNT_DIR / "ca.crt",
-            namespace=namespace_file.read_text().strip() if namespace_file.exists() else "default",
-        )
+    status: int
+    text: str
+    retry_after: float | None = None
 
-    @classmethod
-    def from_kubeconfig(cls, path: Path, context: str | None = None) -> KubeConfig:
+    def json(self) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(self.text) if self.text else {}
+        return body
+
+    @property
+    def message(self) -> str:
+        """The message of a metav1.Status error body; empty for other bodies."""
         try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise InvalidInput(f"cannot read kubeconfig {path}: {exc}") from exc
+            return str(self.json().get("message", ""))
+        except ValueError:
+            return ""
 
-        def named(section: str, name: str) -> dict[str, Any]:
-            for item in doc.get(section) or []:
-                if item.get("name") == name:
-                    value: dict[str, Any] = item.get(section[:-1]) or {}
-                    return value
-            raise InvalidInput(f"kubeconfig {path}: no {section[:-1]} named {name!r}")
+    def error(self) -> KubeApiError:
+        try:
+            doc = self.json()
+            return KubeApiError(
+                self.status, str(doc.get("reason", "")), str(doc.get("message", self.text))
+            )
+        except (ValueError, AttributeError):
+            return KubeApiError(self.status, "", self.text.strip()[:500])
 
-        ctx_name = context or doc.get("current-context")
-        if not ctx_name:
-            raise InvalidInput(f"kubeconfig {path}: no current-context")
-        ctx = named("contexts", ctx_name)
-        if not ctx.get("cluster"):
-            raise InvalidInput(f"kubeconfig {path}: context {ctx_name!r} names no cluster")
-        cluster = named("clusters", ctx["cluster"])
-        if not cluster.get("server"):
-            raise InvalidInput(f"kubeconfig {path}: cluster {ctx['cluster']!r} has no server")
-        user = named("users", ctx["user"]) if ctx.get("user") else {}
-        config = cls(
-            server=str(cluster["server"]).rstrip("/"),
-            insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
-            namespace=ctx.get("namespace") or "default",
-            token=user.get("token"),
-        )
-        base = path.parent
 
-        def file_of(key: str, holder: dict[str, Any]) -> Path | None:
-            if holder.get(f"{key}-data"):
-                fd, name = tempfile.mkstemp(prefix="duplex-kube-")
-                with os.fdopen(fd, "wb") as out:
-                    out.write(base64.b64decode(holder[f"{key}-data"]))
-                config._temp.append(Path(name))
-                return Path(name)
-            if holder.get(key):
-                candidate = Path(holder[key])
-                return candidate if candidate.is_absolute() else base / candidate
-            return None
+@dataclass(frozen=True)
+class KubeCredentials:
+    """What a second HTTP client (kopf's) needs to reach the same API server as this one."""
 
-        config.ca_file = file_of("certificate-authority", cluster)
-        config.cert_file = file_of("client-certificate", user)
-        config.key_file = file_of("client-key", user)
-        if user.get("tokenFile"):
-            token_file = Path(user["tokenFile"])
-            config.token_file = token_file if token_file.is_absolute() else base / token_file
-        return config
+    server: str
+    ca_file: str | None
+    insecure: bool
+    authorization: str | None  # the whole header value, e.g. "Bearer ..."
+    cert_file: str | None
+    key_file: str | None
+    proxy: str | None
+    expires: datetime.datetime | None  # a token from an exec plugin: renew before then
+
+
+@dataclass(frozen=True)
+class KubeSource:
+    """Where the credentials come from: kubeconfig files, or the Pod's service account."""
+
+    kubeconfig: str | None  # one path, or several joined by os.pathsep; None: in-cluster
+    context: str | None = None
+    namespace: str = "default"
+    service_account_dir: Path = SERVICE_ACCOUNT_DIR
 
     @classmethod
-    def load(cls, kubeconfig: Path | None = None, context: str | None = None) -> KubeConfig:
-        """An explicit kubeconfig, else in-cluster, else $KUBECONFIG or ~/.kube/config."""
+    def find(cls, kubeconfig: Path | str | None = None, context: str | None = None) -> KubeSource:
+        """An explicit kubeconfig, else in-cluster, else $KUBECONFIG, else ~/.kube/config."""
         if kubeconfig is not None:
-            return cls.from_kubeconfig(kubeconfig, context)
-        if os.environ.get("KUBERNETES_SERVICE_HOST") and SERVICE_ACCOUNT_DIR.exists():
+            return cls.from_kubeconfig(str(kubeconfig), context)
+        if os.environ.get("KUBERNETES_SERVICE_HOST") and (SERVICE_ACCOUNT_DIR / "token").exists():
             return cls.in_cluster()
-        env = os.environ.get("KUBECONFIG")
-        path = Path(env.split(os.pathsep)[0]) if env else Path.home() / ".kube" / "config"
-        if not path.exists():
+        paths = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+        return cls.from_kubeconfig(paths, context)
+
+    @classmethod
+    def in_cluster(cls, service_account_dir: Path | None = None) -> KubeSource:
+        if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            raise InvalidInput("not running in a Kubernetes Pod (KUBERNETES_SERVICE_HOST unset)")
+        service_account_dir = service_account_dir or SERVICE_ACCOUNT_DIR
+        namespace_file = service_account_dir / "namespace"
+        namespace = namespace_file.read_text().strip() if namespace_file.exists() else "default"
+        return cls(None, None, namespace, service_account_dir)
+
+    @classmethod
+    def from_kubeconfig(cls, paths: str, context: str | None = None) -> KubeSource:
+        """Checks the files and the context now, so a wrong one fails the start, not a call."""
+        existing = [p for p in paths.split(os.pathsep) if p and Path(p).expanduser().is_file()]
+        if not existing:
             raise InvalidInput(
-                f"no Kubernetes credentials: not in a Pod and no kubeconfig at {path}"
+                f"no Kubernetes credentials: not in a Pod and no kubeconfig at {paths}"
             )
-        return cls.from_kubeconfig(path, context)
+        joined = os.pathsep.join(existing)
+        loader = _kubeconfig_loader(joined, context)
+        current = (loader.current_context or {}).get("context") or {}
+        return cls(joined, context, str(current.get("namespace") or "default"))
 
-    def ssl_context(self) -> ssl.SSLContext | bool:
-        if not self.server.startswith("https"):
-            return False
-        if self.insecure:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
+
+def _kubeconfig_loader(paths: str, context: str | None) -> KubeConfigLoader:
+    try:
+        merged = KubeConfigMerger(paths).config
+        # persist_config off: a refreshed token stays in memory, the files are never written.
+        loader = KubeConfigLoader(merged, active_context=context, config_base_path=None)
+    except (OSError, yaml.YAMLError, ConfigException, AssertionError, TypeError) as exc:
+        raise InvalidInput(f"cannot use kubeconfig {paths}: {exc or type(exc).__name__}") from exc
+    # What the loader would only find out at the first request, or not at all.
+    current = loader.current_context or {}
+    settings = current.get("context") or {}
+    clusters = [_plain(c) for c in (_plain(merged) or {}).get("clusters") or []]
+    cluster = next(
+        (c.get("cluster") or {} for c in clusters if c.get("name") == settings.get("cluster")),
+        {},
+    )
+    server = str(cluster.get("server") or "")
+    name = current.get("name")
+    if not server:
+        raise InvalidInput(f"kubeconfig {paths}: the cluster of context {name!r} has no server")
+    if server.startswith("https") and not settings.get("user"):
+        raise InvalidInput(f"kubeconfig {paths}: context {name!r} names no user")
+    return loader
+
+
+def _plain(node: Any) -> Any:
+    """The value inside the library's ConfigNode wrappers (the merger wraps list items)."""
+    return node.value if isinstance(node, ConfigNode) else node
+
+
+class _Credentials:
+    """The client's Configuration, and when and how to renew what authenticates it."""
+
+    def __init__(self, source: KubeSource) -> None:
+        self.source = source
+        self.configuration = type.__call__(Configuration)
+        self._kubeconfig: KubeConfigLoader | None = None
+        self._in_cluster: InClusterConfigLoader | None = None
+        self._loaded_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def load(self) -> None:
+        if self.source.kubeconfig is None:
+            directory = self.source.service_account_dir
+            self._in_cluster = InClusterConfigLoader(
+                token_filename=str(directory / "token"), cert_filename=str(directory / "ca.crt")
+            )
         else:
-            ctx = ssl.create_default_context(
-                cafile=str(self.ca_file) if self.ca_file is not None else None
-            )
-        if self.cert_file is not None and self.key_file is not None:
-            ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
-        return ctx
+            self._kubeconfig = _kubeconfig_loader(self.source.kubeconfig, self.source.context)
+        await self._apply()
 
-    def bearer(self) -> str | None:
-        if self.token_file is not None and self.token_file.exists():
-            return self.token_file.read_text().strip()
-        return self.token
+    async def _apply(self) -> None:
+        try:
+            if self._in_cluster is not None:
+                # Also installs the library's hook that re-reads the rotating token each minute.
+                self._in_cluster.load_and_set(self.configuration)
+            elif self._kubeconfig is not None:
+                await self._kubeconfig.load_and_set(self.configuration)
+        except (ConfigException, OSError, ValueError) as exc:
+            raise InvalidInput(f"Kubernetes credentials: {exc}") from exc
+        self._loaded_at = time.monotonic()
+        self._strip_token()
+        hook = self.configuration.refresh_api_key_hook
+        if hook is not None and not getattr(hook, "strips", False):
 
-    def cleanup(self) -> None:
-        for path in self._temp:
-            path.unlink(missing_ok=True)
-        self._temp.clear()
+            def refresh(configuration: Configuration) -> None:
+                hook(configuration)
+                self._strip_token()
+
+            refresh.strips = True  # type: ignore[attr-defined]
+            self.configuration.refresh_api_key_hook = refresh
+
+    def _strip_token(self) -> None:
+        # Token files often end in a newline, which the library keeps: not in a header.
+        key = self.configuration.api_key.get("BearerToken")
+        if isinstance(key, str):
+            self.configuration.api_key["BearerToken"] = key.strip()
+
+    def _due(self) -> bool:
+        loader = self._kubeconfig
+        if loader is None:
+            return False
+        expiry = getattr(loader, "exec_plugin_expiry", None)
+        if isinstance(expiry, datetime.datetime) and _expired(expiry):
+            return True
+        user = loader._user  # the loader keeps the active user's section only here
+        return bool(
+            user is not None
+            and "tokenFile" in user
+            and time.monotonic() - self._loaded_at > _TOKEN_FILE_SECONDS
+        )
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Renew what is due (an expired exec token, a token file), everything when forced."""
+        if not force and not self._due():
+            return
+        async with self._lock:
+            if not force and not self._due():
+                return
+            if force and self._kubeconfig is not None:
+                # Run the exec plugin again even if its token claims to be valid (revoked).
+                with contextlib.suppress(AttributeError):
+                    del self._kubeconfig.exec_plugin_expiry
+            await self._apply()
+
+    @property
+    def tls_files(self) -> tuple[str | None, str | None]:
+        return self.configuration.cert_file, self.configuration.key_file
+
+    async def authorization(self) -> str | None:
+        value = await self.configuration.get_api_key_with_prefix("BearerToken")
+        return str(value) if value else None
+
+    @property
+    def expires(self) -> datetime.datetime | None:
+        expiry = getattr(self._kubeconfig, "exec_plugin_expiry", None)
+        return expiry if isinstance(expiry, datetime.datetime) else None
 
 
-def _query(params: Mapping[str, object | None]) -> str:
-    parts = []
-    for key, value in params.items():
+def _expired(expiry: datetime.datetime) -> bool:
+    # The library's own margin: renew five minutes before the plugin's expirationTimestamp.
+    if expiry.tzinfo is None:
+        expiry = expiry.replace(tzinfo=datetime.UTC)
+    return expiry - datetime.timedelta(minutes=5) <= datetime.datetime.now(datetime.UTC)
+
+
+def _query(params: Mapping[str, object | None] | None) -> list[tuple[str, str]]:
+    query = []
+    for key, value in (params or {}).items():
         if value is None:
             continue
         if isinstance(value, bool):
             value = "true" if value else "false"
-        parts.append(f"{key}={quote(str(value), safe='')}")
-    return ("?" + "&".join(parts)) if parts else ""
+        query.append((key, str(value)))
+    return query
 
 
 class KubeClient:
-    """One HTTP session to one API server. Paths are API paths, e.g. /api/v1/namespaces/x/pods."""
+    """One connection pool to one API server. Paths are API paths: /api/v1/namespaces/x/pods."""
 
-    def __init__(self, config: KubeConfig) -> None:
-        self.config = config
-        self._session: aiohttp.ClientSession | None = None
+    def __init__(self, source: KubeSource, *, user_agent: str | None = None) -> None:
+        self.source = source
+        self.user_agent = user_agent or "duplex"
+        self._credentials = _Credentials(source)
+        self._api: ApiClient | None = None
+        self._tls_files: tuple[str | None, str | None] = (None, None)
+        self._ready = asyncio.Lock()
         # (apiVersion, kind) -> (plural, namespaced), from API discovery.
         self._resources: dict[tuple[str, str], tuple[str, bool]] = {}
+        # Requests that change something, by method (what a reconcile pass costs the server).
+        self.writes: collections.Counter[str] = collections.Counter()
 
     @classmethod
-    def load(cls, kubeconfig: Path | None = None, context: str | None = None) -> KubeClient:
-        return cls(KubeConfig.load(kubeconfig, context))
+    def load(
+        cls,
+        kubeconfig: Path | str | None = None,
+        context: str | None = None,
+        *,
+        user_agent: str | None = None,
+    ) -> KubeClient:
+        """A client for an explicit kubeconfig, else in-cluster, else $KUBECONFIG's files."""
+        return cls(KubeSource.find(kubeconfig, context), user_agent=user_agent)
 
     @property
     def namespace(self) -> str:
-        return self.config.namespace
+        return self.source.namespace
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(ssl=self.config.ssl_context())
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=10)
-            )
-        return self._session
+    async def _client(self) -> ApiClient:
+        async with self._ready:
+            if self._api is None:
+                await self._credentials.load()
+                self._connect()
+            else:
+                await self._credentials.refresh()
+                if self._credentials.tls_files != self._tls_files:
+                    # An exec plugin handed out a new client certificate: a new TLS context.
+                    await self._api.close()
+                    self._connect()
+            assert self._api is not None
+            return self._api
 
-    def _headers(self, content_type: str | None = None) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        token = self.config.bearer()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        if content_type:
+    def _connect(self) -> None:
+        self._api = ApiClient(self._credentials.configuration)
+        self._api.user_agent = self.user_agent
+        self._tls_files = self._credentials.tls_files
+
+    async def credentials(self) -> KubeCredentials:
+        """The server and current credentials, renewed if due (kopf logs in with these)."""
+        await self._client()
+        conf = self._credentials.configuration
+        return KubeCredentials(
+            server=str(conf.host),
+            ca_file=conf.ssl_ca_cert,
+            insecure=not conf.verify_ssl,
+            authorization=await self._credentials.authorization(),
+            cert_file=conf.cert_file,
+            key_file=conf.key_file,
+            proxy=conf.proxy,
+            expires=self._credentials.expires,
+        )
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        body: object | None,
+        content_type: str,
+        params: Mapping[str, object | None] | None,
+        timeout: aiohttp.ClientTimeout,
+        accept: str,
+    ) -> aiohttp.ClientResponse:
+        api = await self._client()
+        headers = {"Accept": accept}
+        if body is not None:
             headers["Content-Type"] = content_type
-        return headers
+        response: aiohttp.ClientResponse = await api.call_api(
+            path,
+            method,
+            query_params=_query(params),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=timeout,
+        )
+        if method in WRITE_METHODS:
+            self.writes[method] += 1
+        return response
+
+    async def _open(
+        self,
+        method: str,
+        path: str,
+        body: object | None = None,
+        *,
+        content_type: str = "application/json",
+        params: Mapping[str, object | None] | None = None,
+        timeout: aiohttp.ClientTimeout,
+        accept: str = "application/json",
+    ) -> aiohttp.ClientResponse:
+        """A response with a 2xx status, or one whose error status is final.
+
+        A 401 renews the credentials once and sends again; a 429 waits as long as the server
+        asks (capped) and sends again. The caller reads and releases what comes back.
+        """
+        renewed = False
+        for attempt in range(_MAX_ATTEMPTS):
+            response = await self._send(method, path, body, content_type, params, timeout, accept)
+            if response.status == 401 and not renewed:
+                response.release()
+                renewed = True
+                await self._credentials.refresh(force=True)
+                continue
+            if response.status == 429 and attempt < _MAX_ATTEMPTS - 1:
+                wait = _retry_after(response.headers.get("Retry-After"), attempt)
+                response.release()
+                log.info("API server throttled %s %s; again in %.1f s", method, path, wait)
+                await asyncio.sleep(wait)
+                continue
+            return response
+        raise AssertionError("unreachable")  # the last attempt returns
+
+    async def request_raw(
+        self,
+        method: str,
+        path: str,
+        body: object | None = None,
+        *,
+        content_type: str = "application/json",
+        accept: str = "application/json",
+        params: Mapping[str, object | None] | None = None,
+        timeout: float = 30.0,
+    ) -> KubeResponse:
+        """One request whose answer comes back whatever its status (tests check refusals)."""
+        response = await self._open(
+            method,
+            path,
+            body,
+            content_type=content_type,
+            params=params,
+            timeout=aiohttp.ClientTimeout(total=timeout, connect=10),
+            accept=accept,
+        )
+        async with response:
+            text = await response.text()
+        return KubeResponse(response.status, text)
 
     async def request(
         self,
@@ -222,20 +445,12 @@ class KubeClient:
         timeout: float = 30.0,
         params: Mapping[str, object | None] | None = None,
     ) -> dict[str, Any]:
-        url = self.config.server + path + _query(params or {})
-        data = None if body is None else json.dumps(body)
-        async with self._http().request(
-            method,
-            url,
-            data=data,
-            headers=self._headers(content_type if body is not None else None),
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as resp:
-            text = await resp.text()
-            if resp.status >= 300:
-                raise _api_error(resp.status, text)
-            result: dict[str, Any] = json.loads(text) if text else {}
-            return result
+        answer = await self.request_raw(
+            method, path, body, content_type=content_type, params=params, timeout=timeout
+        )
+        if answer.status >= 300:
+            raise answer.error()
+        return answer.json()
 
     async def get(self, path: str) -> dict[str, Any]:
         return await self.request("GET", path)
@@ -278,7 +493,7 @@ class KubeClient:
         field_selector: str | None = None,
         timeout_seconds: int = 300,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Watch events ({"type": ADDED|MODIFIED|DELETED|BOOKMARK|ERROR, "object": ...}).
+        """Watch events ({"type": ADDED|MODIFIED|DELETED|BOOKMARK, "object": ...}).
 
         Ends when the server closes the watch (after `timeout_seconds`); the caller re-lists
         or re-watches from the last resourceVersion it saw. An ERROR event (e.g. 410 Gone,
@@ -292,15 +507,16 @@ class KubeClient:
             "fieldSelector": field_selector,
             "timeoutSeconds": timeout_seconds,
         }
-        url = self.config.server + path + _query(params)
-        async with self._http().get(
-            url,
-            headers=self._headers(),
-            timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + 30),
-        ) as resp:
-            if resp.status >= 300:
-                raise _api_error(resp.status, await resp.text())
-            async for line in resp.content:
+        response = await self._open(
+            "GET",
+            path,
+            params=params,
+            timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=timeout_seconds + 30),
+        )
+        async with response:
+            if response.status >= 300:
+                raise KubeResponse(response.status, await response.text()).error()
+            async for line in response.content:
                 if not line.strip():
                     continue
                 event: dict[str, Any] = json.loads(line)
@@ -357,10 +573,9 @@ class KubeClient:
         return await self.create(path, obj, dry_run=dry_run)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        self.config.cleanup()
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
 
     async def __aenter__(self) -> KubeClient:
         return self
@@ -369,12 +584,12 @@ class KubeClient:
         await self.aclose()
 
 
-def _api_error(status: int, text: str) -> KubeApiError:
+def _retry_after(value: str | None, attempt: int) -> float:
     try:
-        doc = json.loads(text)
-        return KubeApiError(status, str(doc.get("reason", "")), str(doc.get("message", text)))
-    except (ValueError, AttributeError):
-        return KubeApiError(status, "", text.strip()[:500])
+        wait = float(value) if value else 0.2 * 2**attempt
+    except ValueError:
+        wait = 0.2 * 2**attempt
+    return min(_MAX_RETRY_AFTER, max(0.05, wait))
 
 
 async def sleep_backoff(attempt: int, cap: float = 10.0) -> None:

@@ -115,7 +115,11 @@ def operator_config(objects: Sequence[Obj], namespace: str, tmp_path: Path) -> O
 
 def pod_env(main: Obj, namespace: str) -> dict[str, str]:
     """A container's environment as the kubelet resolves it (the downward API fields used)."""
-    fields = {"metadata.namespace": namespace}
+    fields = {
+        "metadata.namespace": namespace,
+        "metadata.name": f"{RELEASE}-pod-0",
+        "metadata.uid": "00000000-0000-0000-0000-000000000000",
+    }
     env: dict[str, str] = {}
     for var in main.get("env", []):
         if "value" in var:
@@ -180,9 +184,21 @@ def test_operator_command_line_config_mount_and_liveness_agree(helm: Path, tmp_p
     assert port["containerPort"] == int(endpoint[1])
     for probe in ("startupProbe", "livenessProbe"):
         assert main[probe]["httpGet"] == {"path": endpoint[2], "port": port["name"]}
-    # Standalone kopf has no peering: an upgrade must stop the old operator first.
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # Replicas elect a leader: a rollout starts the new one before it stops the old one.
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     assert deployment["spec"]["replicas"] == 1
+    election = config.leader_election
+    assert election.enabled and election.lease_name == f"{RELEASE}-operator"
+    assert (election.lease_seconds, election.renew_seconds, election.retry_seconds) == (10, 7, 2)
+    env = {e["name"]: e for e in main["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+def test_operator_replicas_and_lease_timing_come_from_values(helm: Path, tmp_path: Path) -> None:
+    values = ["operator.replicas=2", "operator.leaderElection.leaseSeconds=15"]
+    objects = render(helm, "voice", values)
+    assert find(objects, "Deployment", f"{RELEASE}-operator")["spec"]["replicas"] == 2
+    assert operator_config(objects, "voice", tmp_path).leader_election.lease_seconds == 15
 
 
 def test_operator_rbac_is_least_privilege(helm: Path) -> None:
@@ -205,6 +221,7 @@ def test_operator_rbac_is_least_privilege(helm: Path) -> None:
         ("", "pods", ("get", "list", "watch", "create", "patch", "delete")),
         ("", "events", ("create", "patch")),
         ("events.k8s.io", "events", ("create", "patch")),
+        ("coordination.k8s.io", "leases", ("get", "create", "update")),
     }
     binding = find(objects, "RoleBinding", name)
     assert binding["roleRef"] == {
@@ -350,7 +367,7 @@ def test_worker_image_override_reaches_the_operator_environment(helm: Path) -> N
     assert {"name": "DUPLEX_OPERATOR_WORKER_IMAGE", "value": "duplex-dev:dev"} in main["env"]
     # Without the override the pools' own images stand.
     default = container(find(render(helm, "voice"), "Deployment", f"{RELEASE}-operator"))
-    assert [e["name"] for e in default["env"]] == ["DUPLEX_OPERATOR_NAMESPACE"]
+    assert [e["name"] for e in default["env"]] == ["DUPLEX_OPERATOR_NAMESPACE", "POD_NAME"]
 
 
 @pytest.mark.parametrize(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from duplex_operator.devcluster import KubeApiServer, KubeResponse
+from duplex.kube import KubeClient, KubeResponse
+from duplex_operator.devcluster import KubeApiServer
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 GROUP_VERSION = "/apis/duplex.dev/v1alpha1"
@@ -46,8 +48,8 @@ def collection(namespace: str, kind: str) -> str:
     return f"{GROUP_VERSION}/namespaces/{namespace}/{PLURALS[kind]}"
 
 
-def create(
-    api: KubeApiServer, namespace: str, kind: str, name: str, spec: dict[str, Any]
+async def create(
+    kube: KubeClient, namespace: str, kind: str, name: str, spec: dict[str, Any]
 ) -> KubeResponse:
     body = {
         "apiVersion": "duplex.dev/v1alpha1",
@@ -55,7 +57,7 @@ def create(
         "metadata": {"name": name},
         "spec": spec,
     }
-    return api.request("POST", collection(namespace, kind), body)
+    return await kube.request_raw("POST", collection(namespace, kind), body)
 
 
 def with_defaults(defaults: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
@@ -72,43 +74,39 @@ PIPER = {"modelId": "piper-joe", "family": "piper"}
 SESSION = {"modelId": "piper-joe", "room": "demo"}
 
 
-def test_kubeconfig_reaches_the_apiserver(kube_apiserver: KubeApiServer) -> None:
+async def test_kubeconfig_reaches_the_apiserver(kube_apiserver: KubeApiServer) -> None:
     config = yaml.safe_load(kube_apiserver.kubeconfig.read_text())
     (context,) = config["contexts"]
     assert config["current-context"] == context["name"]
     assert context["context"]["namespace"] == "default"
     (cluster,) = config["clusters"]
-    (user,) = config["users"]
-    from_file = KubeApiServer(
-        url=cluster["cluster"]["server"],
-        token=user["user"]["token"],
-        ca_file=Path(cluster["cluster"]["certificate-authority"]),
-        kubeconfig=kube_apiserver.kubeconfig,
-    )
-    assert from_file.url.startswith("https://127.0.0.1:")
-    version = from_file.request("GET", "/version")
-    assert version.status == 200 and version.json()["gitVersion"] == "v1.31.4"
-    # The token is the cluster admin's.
-    access = from_file.request(
-        "POST",
-        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
-        {"spec": {"resourceAttributes": {"verb": "*", "group": "*", "resource": "*"}}},
-    )
+    assert cluster["cluster"]["server"] == kube_apiserver.url
+    assert kube_apiserver.url.startswith("https://127.0.0.1:")
+    async with KubeClient.load(kube_apiserver.kubeconfig) as from_file:
+        version = await from_file.request_raw("GET", "/version")
+        assert version.status == 200 and version.json()["gitVersion"] == "v1.31.4"
+        # The token is the cluster admin's.
+        access = await from_file.request_raw(
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            {"spec": {"resourceAttributes": {"verb": "*", "group": "*", "resource": "*"}}},
+        )
     assert access.status == 201 and access.json()["status"]["allowed"] is True
 
 
-def test_anonymous_requests_are_refused(kube_apiserver: KubeApiServer) -> None:
-    anonymous = KubeApiServer(
-        url=kube_apiserver.url,
-        token="not-a-token",
-        ca_file=kube_apiserver.ca_file,
-        kubeconfig=kube_apiserver.kubeconfig,
-    )
-    assert anonymous.request("GET", "/api/v1/namespaces").status == 401
+async def test_anonymous_requests_are_refused(
+    kube_apiserver: KubeApiServer, tmp_path: Path
+) -> None:
+    config = yaml.safe_load(kube_apiserver.kubeconfig.read_text())
+    config["users"][0]["user"] = {"token": "not-a-token"}
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    async with KubeClient.load(path) as anonymous:
+        assert (await anonymous.request_raw("GET", "/api/v1/namespaces")).status == 401
 
 
-def test_crds_are_served(kube_apiserver: KubeApiServer) -> None:
-    response = kube_apiserver.request("GET", GROUP_VERSION)
+async def test_crds_are_served(kube: KubeClient) -> None:
+    response = await kube.request_raw("GET", GROUP_VERSION)
     assert response.status == 200, response.text
     resources = {r["name"]: r for r in response.json()["resources"]}
     assert {"ttsmodels", "ttsmodels/status", "voicesessions", "voicesessions/status"} <= set(
@@ -119,8 +117,8 @@ def test_crds_are_served(kube_apiserver: KubeApiServer) -> None:
     assert resources["voicesessions"]["shortNames"] == ["vs"]
 
 
-def test_pods_can_be_created_without_a_controller_manager(
-    kube_apiserver: KubeApiServer, kube_namespace: str
+async def test_pods_can_be_created_without_a_controller_manager(
+    kube: KubeClient, kube_namespace: str
 ) -> None:
     pod = {
         "apiVersion": "v1",
@@ -128,28 +126,28 @@ def test_pods_can_be_created_without_a_controller_manager(
         "metadata": {"name": "worker-0"},
         "spec": {"containers": [{"name": "worker", "image": "duplex-worker:test"}]},
     }
-    created = kube_apiserver.request("POST", f"/api/v1/namespaces/{kube_namespace}/pods", pod)
+    created = await kube.request_raw("POST", f"/api/v1/namespaces/{kube_namespace}/pods", pod)
     assert created.status == 201, created.text
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda path: path.name)
-def test_sample_is_stored_with_schema_defaults(
-    kube_apiserver: KubeApiServer, kube_namespace: str, path: Path
+async def test_sample_is_stored_with_schema_defaults(
+    kube: KubeClient, kube_namespace: str, path: Path
 ) -> None:
-    sample = yaml.safe_load(path.read_text())
+    sample = yaml.safe_load(await asyncio.to_thread(path.read_text))
     kind, name = sample["kind"], sample["metadata"]["name"]
-    created = kube_apiserver.request("POST", collection(kube_namespace, kind), sample)
+    created = await kube.request_raw("POST", collection(kube_namespace, kind), sample)
     assert created.status == 201, created.text
-    stored = kube_apiserver.request("GET", f"{collection(kube_namespace, kind)}/{name}")
+    stored = await kube.request_raw("GET", f"{collection(kube_namespace, kind)}/{name}")
     assert stored.status == 200, stored.text
     assert stored.json()["spec"] == with_defaults(DEFAULTS[kind], sample["spec"])
 
 
 @pytest.mark.parametrize(("kind", "spec"), [("TTSModel", PIPER), ("VoiceSession", SESSION)])
-def test_minimal_spec_gets_every_default(
-    kube_apiserver: KubeApiServer, kube_namespace: str, kind: str, spec: dict[str, Any]
+async def test_minimal_spec_gets_every_default(
+    kube: KubeClient, kube_namespace: str, kind: str, spec: dict[str, Any]
 ) -> None:
-    created = create(kube_apiserver, kube_namespace, kind, "minimal", spec)
+    created = await create(kube, kube_namespace, kind, "minimal", spec)
     assert created.status == 201, created.text
     assert created.json()["spec"] == {**spec, **DEFAULTS[kind]}
 
@@ -170,14 +168,14 @@ def test_minimal_spec_gets_every_default(
         ("VoiceSession", {"modelId": "piper-joe"}, "spec.room: Required value"),
     ],
 )
-def test_invalid_spec_is_rejected(
-    kube_apiserver: KubeApiServer,
+async def test_invalid_spec_is_rejected(
+    kube: KubeClient,
     kube_namespace: str,
     kind: str,
     spec: dict[str, Any],
     expected: str,
 ) -> None:
-    response = create(kube_apiserver, kube_namespace, kind, "bad", spec)
+    response = await create(kube, kube_namespace, kind, "bad", spec)
     assert response.status == 422, response.text
     assert expected in response.message
 
@@ -190,59 +188,59 @@ def test_invalid_spec_is_rejected(
         ("VoiceSession", SESSION, {"room": "other"}, "room is immutable"),
     ],
 )
-def test_immutable_field_cannot_change(
-    kube_apiserver: KubeApiServer,
+async def test_immutable_field_cannot_change(
+    kube: KubeClient,
     kube_namespace: str,
     kind: str,
     spec: dict[str, Any],
     change: dict[str, Any],
     expected: str,
 ) -> None:
-    assert create(kube_apiserver, kube_namespace, kind, "x", spec).status == 201
+    assert (await create(kube, kube_namespace, kind, "x", spec)).status == 201
     path = f"{collection(kube_namespace, kind)}/x"
-    response = kube_apiserver.request("PATCH", path, {"spec": change}, content_type=MERGE_PATCH)
+    response = await kube.request_raw("PATCH", path, {"spec": change}, content_type=MERGE_PATCH)
     assert response.status == 422, response.text
     assert expected in response.message
 
 
-def test_mutable_spec_fields_can_change(kube_apiserver: KubeApiServer, kube_namespace: str) -> None:
-    assert create(kube_apiserver, kube_namespace, "TTSModel", "piper", PIPER).status == 201
+async def test_mutable_spec_fields_can_change(kube: KubeClient, kube_namespace: str) -> None:
+    assert (await create(kube, kube_namespace, "TTSModel", "piper", PIPER)).status == 201
     path = f"{collection(kube_namespace, 'TTSModel')}/piper"
     patch = {"spec": {"minResident": 2, "ttlSeconds": 0}}
-    response = kube_apiserver.request("PATCH", path, patch, content_type=MERGE_PATCH)
+    response = await kube.request_raw("PATCH", path, patch, content_type=MERGE_PATCH)
     assert response.status == 200, response.text
     stored = response.json()
     assert (stored["spec"]["minResident"], stored["spec"]["ttlSeconds"]) == (2, 0)
     assert stored["metadata"]["generation"] == 2
 
 
-def test_voicesession_status_goes_through_its_subresource(
-    kube_apiserver: KubeApiServer, kube_namespace: str
+async def test_voicesession_status_goes_through_its_subresource(
+    kube: KubeClient, kube_namespace: str
 ) -> None:
-    assert create(kube_apiserver, kube_namespace, "VoiceSession", "s", SESSION).status == 201
+    assert (await create(kube, kube_namespace, "VoiceSession", "s", SESSION)).status == 201
     path = f"{collection(kube_namespace, 'VoiceSession')}/s"
 
-    def set_status(target: str, status: dict[str, Any]) -> KubeResponse:
+    async def set_status(target: str, status: dict[str, Any]) -> KubeResponse:
         body = {"status": status}
-        return kube_apiserver.request("PATCH", target, body, content_type=MERGE_PATCH)
+        return await kube.request_raw("PATCH", target, body, content_type=MERGE_PATCH)
 
     # A write to the main resource leaves status alone.
-    ignored = set_status(path, {"phase": "Ended"})
+    ignored = await set_status(path, {"phase": "Ended"})
     assert ignored.status == 200 and "status" not in ignored.json()
 
-    unbound = set_status(f"{path}/status", {"phase": "Bound"})
+    unbound = await set_status(f"{path}/status", {"phase": "Bound"})
     assert unbound.status == 422
     assert "worker must be set when phase is Bound or Active" in unbound.message
 
     for phase in ("Pending", "Bound", "Active", "Ended"):
-        moved = set_status(f"{path}/status", {"phase": phase, "worker": "worker-0"})
+        moved = await set_status(f"{path}/status", {"phase": phase, "worker": "worker-0"})
         assert moved.status == 200, moved.text
         assert moved.json()["status"]["phase"] == phase
 
-    back = set_status(f"{path}/status", {"phase": "Bound"})
+    back = await set_status(f"{path}/status", {"phase": "Bound"})
     assert back.status == 422
     assert "phase Ended and Failed are final" in back.message
-    stored = kube_apiserver.request("GET", path).json()
+    stored = (await kube.request_raw("GET", path)).json()
     assert stored["status"]["phase"] == "Ended"
 
 
@@ -253,13 +251,13 @@ def test_voicesession_status_goes_through_its_subresource(
         ("voicesession.yaml", ["Model", "Phase", "Worker"]),
     ],
 )
-def test_printer_columns(
-    kube_apiserver: KubeApiServer, kube_namespace: str, sample: str, columns: list[str]
+async def test_printer_columns(
+    kube: KubeClient, kube_namespace: str, sample: str, columns: list[str]
 ) -> None:
     resource = yaml.safe_load((MANIFESTS / "samples" / sample).read_text())
     path = collection(kube_namespace, resource["kind"])
-    assert kube_apiserver.request("POST", path, resource).status == 201
-    table = kube_apiserver.request("GET", path, accept=TABLE)
+    assert (await kube.request_raw("POST", path, resource)).status == 201
+    table = await kube.request_raw("GET", path, accept=TABLE)
     assert table.status == 200, table.text
     body = table.json()
     assert body["kind"] == "Table"

@@ -1,26 +1,32 @@
-"""Kubeconfig parsing, and the model-set annotations as the worker reads them.
+"""Kubeconfigs as the client reads them: every shape a real cluster hands out, no server.
 
-The apiserver-backed tests use one kind of kubeconfig; these cover the other shapes a real
-cluster hands out (tokens, inline client certificates, relative file paths).
+The client is kubernetes_asyncio's; these check what duplex.kube makes of its result (the
+server, the Authorization header, TLS files, the namespace, where credentials come from) and
+the errors a person sees. tests/integration/test_kube_credentials.py takes the same kinds to
+a real API server.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import re
-import ssl
+import shutil
 from pathlib import Path
 from typing import Any
 
+import certifi
 import pytest
 import yaml
 
+from duplex import kube
 from duplex.errors import InvalidInput
-from duplex.kube import KubeConfig
+from duplex.kube import KubeClient, KubeCredentials, KubeSource
 from duplex.worker.podwatch import parse_model_set, parse_model_specs
 from duplex_operator.pods import model_set_metadata
 from duplex_operator.resources import MODEL_SET, MODEL_SPECS, parse_model
+from tests.kubeconfigs import exec_user
 
 
 def write_kubeconfig(
@@ -55,31 +61,50 @@ def write_kubeconfig(
     return path
 
 
-def test_a_token_user(tmp_path: Path) -> None:
+def contents(*paths: str) -> list[bytes]:
+    return [Path(p).read_bytes() for p in paths]
+
+
+async def credentials(path: Path | str, context: str | None = None) -> KubeCredentials:
+    async with KubeClient.load(path, context) as client:
+        return await client.credentials()
+
+
+@pytest.fixture
+def no_cluster_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No service account, no KUBECONFIG, an empty home: only what a test sets is found."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(kube, "SERVICE_ACCOUNT_DIR", tmp_path / "sa")
+    return tmp_path
+
+
+async def test_a_token_user(tmp_path: Path) -> None:
     path = write_kubeconfig(
         tmp_path / "config",
         cluster={"server": "https://kube.example:6443/"},
         user={"token": "s3cret"},
         namespace="voice",
     )
-    config = KubeConfig.from_kubeconfig(path)
+    assert KubeClient.load(path).namespace == "voice"
+    creds = await credentials(path)
+    assert creds.server == "https://kube.example:6443"  # no trailing slash
+    assert creds.authorization == "Bearer s3cret"
+    assert (creds.cert_file, creds.key_file, creds.proxy, creds.expires) == (None,) * 4
+    assert not creds.insecure
 
-    assert config.server == "https://kube.example:6443"  # no trailing slash
-    assert config.namespace == "voice"
-    assert config.bearer() == "s3cret"
-    assert (config.ca_file, config.cert_file, config.key_file) == (None, None, None)
-    assert not config.insecure
 
-
-def test_an_explicit_context_and_the_default_namespace(tmp_path: Path) -> None:
+async def test_an_explicit_context_and_the_default_namespace(tmp_path: Path) -> None:
     path = write_kubeconfig(tmp_path / "config", cluster={"server": "http://127.0.0.1:8080"})
-    assert KubeConfig.from_kubeconfig(path).namespace == "default"
-    assert KubeConfig.from_kubeconfig(path).bearer() is None  # no user: no auth
-    prod = KubeConfig.from_kubeconfig(path, context="prod")
-    assert (prod.server, prod.namespace) == ("https://other.example:6443", "prod")
+    assert KubeClient.load(path).namespace == "default"
+    assert (await credentials(path)).authorization is None  # no user, plain HTTP: no auth
+    # The library cannot run an HTTPS context without a user: a clear error, at once.
+    with pytest.raises(InvalidInput, match="context 'prod' names no user"):
+        KubeClient.load(path, "prod")
 
 
-def test_inline_client_certificates_become_files_until_cleanup(tmp_path: Path) -> None:
+async def test_inline_client_certificates_become_files(tmp_path: Path) -> None:
     cert, key, ca = b"-----CERT-----\n", b"-----KEY-----\n", b"-----CA-----\n"
     path = write_kubeconfig(
         tmp_path / "config",
@@ -92,71 +117,188 @@ def test_inline_client_certificates_become_files_until_cleanup(tmp_path: Path) -
             "client-key-data": base64.b64encode(key).decode(),
         },
     )
-    config = KubeConfig.from_kubeconfig(path)
-
-    files = [config.ca_file, config.cert_file, config.key_file]
-    assert all(f is not None for f in files)
-    assert [f.read_bytes() for f in files if f is not None] == [ca, cert, key]
-    assert config.bearer() is None
-    config.cleanup()
-    assert not any(f.exists() for f in files if f is not None)
-    config.cleanup()  # a second cleanup (client closed twice) is harmless
+    client = KubeClient.load(path)
+    # The fake certificates load no TLS context; what is read from the kubeconfig is checked.
+    await client._credentials.load()
+    conf = client._credentials.configuration
+    assert contents(conf.ssl_ca_cert, conf.cert_file, conf.key_file) == [ca, cert, key]
+    assert await client._credentials.authorization() is None
 
 
-def test_insecure_skip_tls_verify(tmp_path: Path) -> None:
+async def test_insecure_skip_tls_verify_proxy_and_server_name(tmp_path: Path) -> None:
     path = write_kubeconfig(
         tmp_path / "config",
-        cluster={"server": "https://kube.example:6443", "insecure-skip-tls-verify": True},
+        cluster={
+            "server": "https://kube.example:6443",
+            "insecure-skip-tls-verify": True,
+            "proxy-url": "http://proxy.example:3128",
+            "tls-server-name": "kubernetes.default.svc",
+        },
         user={"token": "t"},
     )
-    config = KubeConfig.from_kubeconfig(path)
+    creds = await credentials(path)
+    assert creds.insecure
+    assert creds.proxy == "http://proxy.example:3128"
+    client = KubeClient.load(path)
+    await client._credentials.load()
+    assert client._credentials.configuration.tls_server_name == "kubernetes.default.svc"
 
-    assert config.insecure
-    ctx = config.ssl_context()
-    assert isinstance(ctx, ssl.SSLContext)
-    assert ctx.verify_mode == ssl.CERT_NONE and not ctx.check_hostname
 
-
-def test_file_paths_are_relative_to_the_kubeconfig(tmp_path: Path) -> None:
+async def test_file_paths_are_relative_to_the_kubeconfig(tmp_path: Path) -> None:
     home = tmp_path / "kube"
-    home.mkdir()
-    token = tmp_path / "token"
-    token.write_text("rotated-token\n")
+    (home / "certs").mkdir(parents=True)
+    shutil.copy(certifi.where(), home / "certs" / "ca.crt")
+    (home / "token").write_text("from-file\n")
     path = write_kubeconfig(
         home / "config",
         cluster={"server": "https://kube.example:6443", "certificate-authority": "certs/ca.crt"},
-        user={
-            "client-certificate": "/etc/kube/client.crt",
-            "client-key": "client.key",
-            "tokenFile": str(token),
-        },
+        user={"tokenFile": "token"},
     )
-    config = KubeConfig.from_kubeconfig(path)
+    creds = await credentials(path)
+    assert creds.ca_file == str(home / "certs" / "ca.crt")
+    assert creds.authorization == "Bearer from-file"
 
-    assert config.ca_file == home / "certs" / "ca.crt"
-    assert config.cert_file == Path("/etc/kube/client.crt")  # absolute: as written
-    assert config.key_file == home / "client.key"
-    assert config.bearer() == "rotated-token"  # read from the file on use
+
+async def test_a_token_file_is_read_again_when_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("first")
+    path = write_kubeconfig(
+        tmp_path / "config", cluster={"server": "https://k:6443"}, user={"tokenFile": str(token)}
+    )
+    async with KubeClient.load(path) as client:
+        assert (await client.credentials()).authorization == "Bearer first"
+        token.write_text("rotated")
+        assert (await client.credentials()).authorization == "Bearer first"  # not yet due
+        monkeypatch.setattr(kube, "_TOKEN_FILE_SECONDS", 0.0)
+        assert (await client.credentials()).authorization == "Bearer rotated"
+
+
+async def test_an_exec_plugin_runs_once_until_its_token_is_due(tmp_path: Path) -> None:
+    tokens, calls = tmp_path / "tokens", tmp_path / "calls"
+    tokens.write_text("one\ntwo\n")
+    user = exec_user(tokens, calls=calls)
+    path = write_kubeconfig(tmp_path / "config", cluster={"server": "https://k:6443"}, user=user)
+    async with KubeClient.load(path) as client:
+        first = await client.credentials()
+        assert first.authorization == "Bearer one"
+        assert first.expires is not None
+        assert (await client.credentials()).authorization == "Bearer one"
+        assert len(calls.read_text().splitlines()) == 1
+        # What the plugin is told: the ExecCredential request of client-go.
+        info = json.loads(calls.read_text().splitlines()[0])
+        assert (info["kind"], info["apiVersion"]) == (
+            "ExecCredential",
+            "client.authentication.k8s.io/v1",
+        )
+        await client._credentials.refresh(force=True)  # what a 401 does
+        assert (await client.credentials()).authorization == "Bearer two"
+        assert len(calls.read_text().splitlines()) == 2
+
+
+async def test_an_exec_token_close_to_expiry_is_renewed(tmp_path: Path) -> None:
+    tokens, calls = tmp_path / "tokens", tmp_path / "calls"
+    tokens.write_text("one\ntwo\n")
+    # Within the client's five-minute margin: due at every use.
+    user = exec_user(tokens, calls=calls, ttl=60)
+    path = write_kubeconfig(tmp_path / "config", cluster={"server": "https://k:6443"}, user=user)
+    async with KubeClient.load(path) as client:
+        assert (await client.credentials()).authorization == "Bearer one"
+        assert (await client.credentials()).authorization == "Bearer two"
+
+
+async def test_a_failing_exec_plugin_is_invalid_input(tmp_path: Path) -> None:
+    empty = tmp_path / "tokens"
+    empty.write_text("")
+    user = exec_user(empty)
+    path = write_kubeconfig(tmp_path / "config", cluster={"server": "https://k:6443"}, user=user)
+    with pytest.raises(InvalidInput, match="no token to hand out"):
+        await credentials(path)
+
+
+async def test_several_kubeconfig_files_are_merged(
+    no_cluster_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cluster in one file, the user in another, the context in a third: as
+    # KUBECONFIG=a:b:c gives them to kubectl. A name defined twice keeps its first definition.
+    a, b, c = (no_cluster_env / n for n in "abc")
+    a.write_text(
+        yaml.safe_dump({"clusters": [{"name": "k", "cluster": {"server": "https://a:1"}}]})
+    )
+    b.write_text(
+        yaml.safe_dump(
+            {
+                "clusters": [{"name": "k", "cluster": {"server": "https://ignored:1"}}],
+                "users": [{"name": "me", "user": {"token": "from-b"}}],
+            }
+        )
+    )
+    context = {"cluster": "k", "user": "me", "namespace": "voice"}
+    c.write_text(
+        yaml.safe_dump({"contexts": [{"name": "x", "context": context}], "current-context": "x"})
+    )
+    monkeypatch.setenv("KUBECONFIG", os.pathsep.join(map(str, [a, no_cluster_env / "gone", b, c])))
+    client = KubeClient.load()
+    assert client.namespace == "voice"
+    creds = await client.credentials()
+    await client.aclose()
+    assert (creds.server, creds.authorization) == ("https://a:1", "Bearer from-b")
+
+
+def test_where_credentials_come_from(no_cluster_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = no_cluster_env / "home" / ".kube"
+    home.mkdir(parents=True)
+    write_kubeconfig(home / "config", cluster={"server": "http://home:1"}, namespace="h")
+    env = write_kubeconfig(no_cluster_env / "env", cluster={"server": "http://env:1"})
+    given = write_kubeconfig(no_cluster_env / "given", cluster={"server": "http://given:1"})
+    assert KubeSource.find().kubeconfig == str(home / "config")
+    monkeypatch.setenv("KUBECONFIG", str(env))
+    assert KubeSource.find().kubeconfig == str(env)
+    # In a Pod the service account wins over $KUBECONFIG; an explicit file wins over both.
+    sa = no_cluster_env / "sa"
+    sa.mkdir()
+    (sa / "token").write_text("t")
+    (sa / "namespace").write_text("pods-ns\n")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    source = KubeSource.find()
+    assert (source.kubeconfig, source.namespace, source.service_account_dir) == (
+        None,
+        "pods-ns",
+        sa,
+    )
+    assert KubeSource.find(given).kubeconfig == str(given)
+
+
+def test_no_credentials_anywhere_is_invalid_input(no_cluster_env: Path) -> None:
+    with pytest.raises(InvalidInput, match="no Kubernetes credentials: not in a Pod"):
+        KubeSource.find()
 
 
 def test_a_missing_context_is_invalid_input(tmp_path: Path) -> None:
     path = write_kubeconfig(tmp_path / "config", cluster={"server": "https://k:6443"})
-    with pytest.raises(InvalidInput, match="no context named 'staging'") as err:
-        KubeConfig.from_kubeconfig(path, context="staging")
+    with pytest.raises(InvalidInput, match="staging") as err:
+        KubeClient.load(path, context="staging")
     assert str(path) in str(err.value)
 
     bare = write_kubeconfig(tmp_path / "bare", cluster={"server": "https://k:6443"}, current=None)
-    with pytest.raises(InvalidInput, match="no current-context"):
-        KubeConfig.from_kubeconfig(bare)
+    with pytest.raises(InvalidInput, match="current-context"):
+        KubeClient.load(bare)
 
 
 def test_an_unreadable_kubeconfig_is_invalid_input(tmp_path: Path) -> None:
-    with pytest.raises(InvalidInput, match="cannot read kubeconfig"):
-        KubeConfig.from_kubeconfig(tmp_path / "missing")
+    with pytest.raises(InvalidInput, match="no kubeconfig at"):
+        KubeClient.load(tmp_path / "missing")
     broken = tmp_path / "broken"
     broken.write_text("clusters: [unclosed\n")
-    with pytest.raises(InvalidInput, match="cannot read kubeconfig"):
-        KubeConfig.from_kubeconfig(broken)
+    with pytest.raises(InvalidInput, match="cannot use kubeconfig"):
+        KubeClient.load(broken)
+
+
+def test_a_cluster_without_a_server_is_invalid_input(tmp_path: Path) -> None:
+    path = write_kubeconfig(tmp_path / "config", cluster={"insecure-skip-tls-verify": True})
+    with pytest.raises(InvalidInput, match="the cluster of context 'dev' has no server"):
+        KubeClient.load(path)
 
 
 # -- the model-set annotations, as the worker reads them ---------------------------------------
@@ -212,17 +354,3 @@ def test_parse_model_specs_reads_what_the_operator_writes() -> None:
 def test_parse_model_specs_rejects_bad_annotations(value: str) -> None:
     with pytest.raises(ValueError, match=re.escape(f"bad {MODEL_SPECS} annotation")):
         parse_model_specs(value)
-
-
-def test_a_relative_token_file_is_read_next_to_the_kubeconfig(tmp_path: Path) -> None:
-    (tmp_path / "token").write_text("from-file\n")
-    path = write_kubeconfig(
-        tmp_path / "config", cluster={"server": "https://k:6443"}, user={"tokenFile": "token"}
-    )
-    assert KubeConfig.from_kubeconfig(path).bearer() == "from-file"
-
-
-def test_a_cluster_without_a_server_is_invalid_input(tmp_path: Path) -> None:
-    path = write_kubeconfig(tmp_path / "config", cluster={"insecure-skip-tls-verify": True})
-    with pytest.raises(InvalidInput, match="has no server"):
-        KubeConfig.from_kubeconfig(path)

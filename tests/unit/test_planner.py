@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from duplex.discovery import WorkerRecord
+from duplex.discovery import WorkerRecord, session_id_for
 from duplex_operator.config import GPU_RESOURCE, OperatorConfig, WorkerPool
 from duplex_operator.planner import EMPTY_POD_GRACE_SECONDS, Event, Plan, Planner, World
 from duplex_operator.pods import GPU_TOLERATION, model_set_metadata, worker_pod
@@ -148,7 +148,10 @@ def record(
     errors: Mapping[str, str] | None = None,
     last_used: Mapping[str, float] | None = None,
     active: int = 0,
+    serving: Iterable[str] = (),
 ) -> WorkerRecord:
+    """A worker's Redis record; `serving` names the VoiceSessions it holds TTS sessions for."""
+    ids = [session_id_for(name, "tts") for name in serving]
     return WorkerRecord(
         name=name,
         addr=f"{name}.workers:50051",
@@ -157,7 +160,8 @@ def record(
         model_set=model_set,
         model_errors=dict(errors or {}),
         model_last_used=dict(last_used or {}),
-        active_sessions=active,
+        active_sessions=max(active, len(ids)),
+        session_ids=ids,
         max_sessions=16,
     )
 
@@ -506,7 +510,8 @@ def test_a_session_past_its_max_duration_ends() -> None:
         max_duration_seconds=60,
         status={**bound, "startedTime": format_time(NOW - 30)},
     )
-    plan = planner().plan(world([model], [overdue, started], [worker(cpu_pod(0), model)]))
+    records = [record(cpu_pod(0), resident=["pico-en"], serving=["started"])]
+    plan = planner().plan(world([model], [overdue, started], [worker(cpu_pod(0), model)], records))
 
     ended = plan.session_status["overdue"]
     assert ended["phase"] == "Ended"
@@ -525,23 +530,41 @@ def test_final_sessions_are_left_alone_and_need_no_model() -> None:
     assert plan.create_pods == []
 
 
-def test_an_active_session_stays_active() -> None:
+def test_a_session_is_active_while_its_worker_serves_it_and_the_operator_says_so() -> None:
     model = tts_model("pico-en")
-    status = {"phase": "Active", "worker": cpu_pod(0), "startedTime": format_time(NOW - 5)}
+    bound = {"phase": "Bound", "worker": cpu_pod(0)}
+    p = planner()
     w = world(
         [model],
-        [voice_session("call", "pico-en", status=status)],
+        [voice_session("call", "pico-en", status=bound)],
         [worker(cpu_pod(0), model)],
-        [record(cpu_pod(0), resident=["pico-en"], active=1)],
+        [record(cpu_pod(0), resident=["pico-en"], serving=["call"])],
     )
-    p = planner()
     plan = p.plan(w)
 
     new = plan.session_status["call"]
     assert (new["phase"], new["worker"]) == ("Active", cpu_pod(0))
-    assert new["startedTime"] == format_time(NOW - 5)
-    assert reasons(plan, "VoiceSession") == []
-    assert_settled(p, apply(w, plan, now=NOW + 1))
+    assert new["startedTime"] == format_time(NOW)  # when the worker was first seen serving it
+    assert reasons(plan, "VoiceSession") == ["Active"]
+    w = apply(w, plan, now=NOW + 1)
+    assert_settled(p, w)
+    # The conversation moved away (its TTS session ended there): Bound again, started kept.
+    w.records[cpu_pod(0)] = record(cpu_pod(0), resident=["pico-en"])
+    back = p.plan(w).session_status["call"]
+    assert (back["phase"], back["startedTime"]) == ("Bound", format_time(NOW))
+
+
+def test_a_client_cannot_make_a_session_active() -> None:
+    model = tts_model("pico-en")
+    claimed = {"phase": "Active", "worker": cpu_pod(0)}
+    w = world(
+        [model],
+        [voice_session("call", "pico-en", status=claimed)],
+        [worker(cpu_pod(0), model)],
+        # The worker serves other sessions, none of them this VoiceSession's.
+        [record(cpu_pod(0), resident=["pico-en"], serving=["other"], active=3)],
+    )
+    assert planner().plan(w).session_status["call"]["phase"] == "Bound"
 
 
 # -- eviction ----------------------------------------------------------------------------------

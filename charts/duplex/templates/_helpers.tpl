@@ -68,7 +68,7 @@ out of a pool's values are left out here too, so the operator's own defaults app
 */}}
 {{- define "duplex.operatorPools" -}}
 {{- $root := . -}}
-{{- $keys := dict "gpu" "gpu" "minPods" "min_pods" "maxPods" "max_pods" "memoryMiB" "memory_mib" "maxSessions" "max_sessions" "port" "port" "metricsPort" "metrics_port" "resources" "resources" "nodeSelector" "node_selector" "tolerations" "tolerations" "env" "env" "args" "args" -}}
+{{- $keys := dict "gpu" "gpu" "minPods" "min_pods" "maxPods" "max_pods" "memoryMiB" "memory_mib" "maxSessions" "max_sessions" "maxSessionsPerPod" "max_sessions_per_pod" "scaleDownSeconds" "scale_down_seconds" "port" "port" "metricsPort" "metrics_port" "resources" "resources" "nodeSelector" "node_selector" "tolerations" "tolerations" "env" "env" "args" "args" -}}
 {{- $pools := list -}}
 {{- range $name, $values := .Values.workerPools -}}
 {{- if and $values (ternary $values.enabled true (hasKey $values "enabled")) -}}

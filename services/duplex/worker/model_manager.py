@@ -18,7 +18,7 @@ import numpy as np
 
 from duplex.audio.framer import to_float32
 from duplex.audio.loudness import calibrate_gain
-from duplex.errors import AtCapacity, DuplexError, ModelInUse, ModelLoadFailed
+from duplex.errors import AtCapacity, DuplexError, ModelInUse, ModelLoadFailed, ModelNotPlaced
 from duplex.tasks import TaskSet
 from duplex.worker.adapters import ModelSpec, TtsAdapter, adapter_for
 from duplex.worker.adapters.base import WARMUP_TEXT
@@ -152,11 +152,21 @@ class ModelManager:
         model = self._resident.get(model_id)
         return model.refs if model else 0
 
+    def check_placed(self, model_id: str) -> None:
+        """Following a model set, only its models may be loaded or used (ModelNotPlaced)."""
+        if self._desired is not None and model_id not in self._desired:
+            held = ", ".join(sorted(self._desired)) or "none"
+            raise ModelNotPlaced(
+                f"model {model_id!r} is not in this worker's model set (it holds: {held}); "
+                "on Kubernetes the operator places models: a VoiceSession asks for one"
+            )
+
     # -- loading ---------------------------------------------------------------------------
 
     async def load(self, model_id: str) -> ResidentModel:
         """Make `model_id` resident (idempotent; concurrent callers share one load)."""
         spec = self.catalog.get(model_id)
+        self.check_placed(model_id)
         if model_id in self._resident:
             return self._resident[model_id]
         future = self._loading.get(model_id)
@@ -230,7 +240,12 @@ class ModelManager:
     def _lru_victim(self, exclude: str) -> ResidentModel | None:
         now = self._clock()
         candidates = [
-            m for m in self._resident.values() if m.model_id != exclude and self._evictable(m, now)
+            m
+            for m in self._resident.values()
+            if m.model_id != exclude
+            and self._evictable(m, now)
+            # A model set is kept whole: evicting one of it would only load it back.
+            and (self._desired is None or m.model_id not in self._desired)
         ]
         # Unpinned models go first; a pinned one only when nothing else can make room.
         candidates.sort(key=lambda m: (m.model_id in self._pinned, m.last_used))
@@ -246,7 +261,8 @@ class ModelManager:
             return
         if model.refs:
             raise ModelInUse(f"model {model_id!r} is in use by {model.refs} session(s)")
-        self._pinned.discard(model_id)
+        if self._desired is None:
+            self._pinned.discard(model_id)
         await self._unload(model, reason="request")
 
     async def _unload(self, model: ResidentModel, reason: str) -> None:
@@ -261,6 +277,11 @@ class ModelManager:
             await asyncio.to_thread(model.adapter.close)
             self._metrics.unload_seconds.labels(model.model_id).observe(self._clock() - started)
         log.info("unloaded %s (%s)", model.model_id, reason)
+        if self._desired is not None and model.model_id in self._desired:
+            # Level-triggered: the model set still names it (an UnloadModel call took it), so
+            # it is loaded again; only the model set itself unloads for good.
+            log.info("%s is in the model set: loading it again", model.model_id)
+            self._tasks.spawn(self._preload(model.model_id), f"reload:{model.model_id}")
 
     async def reload(self, model_id: str) -> ResidentModel:
         """Load a fresh instance and swap it in; leases on the old one finish undisturbed."""

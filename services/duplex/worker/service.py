@@ -326,6 +326,8 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
         try:
             _check_id("model_id", request.model_id)
             spec = self._manager.catalog.get(request.model_id)
+            # In Kubernetes mode the Pod's model set decides (FAILED_PRECONDITION otherwise).
+            self._manager.check_placed(spec.model_id)
             if self._manager.is_resident(spec.model_id):
                 return pb.LoadModelResponse(success=True, message="already loaded")
             if request.preload_only:
