@@ -144,6 +144,10 @@ def _orchestrator_config(opts: argparse.Namespace, **extra: object) -> object:
             "workers": _split(getattr(opts, "worker", None)),
             "redis": getattr(opts, "redis", None),
             "default_model": opts.model,
+            "api_keys": getattr(opts, "api_key", None),
+            "insecure": True if getattr(opts, "insecure", False) else None,
+            "allowed_origins": getattr(opts, "allow_origin", None),
+            "metrics_port": getattr(opts, "metrics_port", None),
             **extra,
         },
     )
@@ -186,9 +190,37 @@ def cmd_demo(opts: argparse.Namespace) -> int:
 
 
 def cmd_talk(opts: argparse.Namespace) -> int:
+    import os
+
     from duplex.clients.talk import run
 
-    return run(opts.url, opts.input, opts.output, opts.model, opts.voice, opts.timeout)
+    api_key = opts.api_key or os.environ.get("DUPLEX_API_KEY")
+    return run(opts.url, opts.input, opts.output, opts.model, opts.voice, opts.timeout, api_key)
+
+
+async def _page_url(url: str, api_key: str) -> str:
+    import aiohttp
+
+    base = url.rstrip("/")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{base}/api/session", headers={"Authorization": f"Bearer {api_key}"}) as resp,
+    ):
+        body = await resp.json(content_type=None)
+        if resp.status != 200:
+            message = (body or {}).get("error", {}).get("message", f"HTTP {resp.status}")
+            raise DuplexError(f"{base} gave no session token: {message}")
+        return f"{base}/?token={body['token']}"
+
+
+def cmd_page_url(opts: argparse.Namespace) -> int:
+    import os
+
+    api_key = opts.api_key or os.environ.get("DUPLEX_API_KEY")
+    if not api_key:
+        raise DuplexError("give the orchestrator's API key: --api-key KEY (or DUPLEX_API_KEY)")
+    print(asyncio.run(_page_url(opts.url, api_key)))
+    return 0
 
 
 def cmd_operator(opts: argparse.Namespace) -> int:
@@ -228,6 +260,21 @@ def cmd_bench_worker(opts: argparse.Namespace) -> int:
     from duplex.bench.worker import run_worker_bench
 
     return asyncio.run(run_worker_bench(opts))
+
+
+def _add_access_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        help="require this key (Bearer) or a session token for /ws and /api/* (repeatable; "
+        "or DUPLEX_API_KEYS)",
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="serve a non-loopback address without keys"
+    )
+    parser.add_argument(
+        "--allow-origin", action="append", help="a browser origin allowed besides our own"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     orch.add_argument("--livekit-key", help="LiveKit API key (or LIVEKIT_API_KEY)")
     orch.add_argument("--livekit-secret", help="LiveKit API secret (or LIVEKIT_API_SECRET)")
+    _add_access_flags(orch)
+    orch.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz only here")
     orch.set_defaults(func=cmd_orchestrator)
 
     demo = sub.add_parser("demo", help="worker + orchestrator + web page on this machine")
@@ -303,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--livekit-secret", help="API secret for --livekit URL (or LIVEKIT_API_SECRET)"
     )
+    _add_access_flags(demo)
     demo.set_defaults(func=cmd_demo)
 
     talk = sub.add_parser("talk", help="talk to an orchestrator from the terminal")
@@ -312,7 +362,17 @@ def build_parser() -> argparse.ArgumentParser:
     talk.add_argument("--model", help="TTS model")
     talk.add_argument("--voice", help="TTS voice")
     talk.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a reply")
+    talk.add_argument(
+        "--api-key", help="the orchestrator's API key or a session token (or DUPLEX_API_KEY)"
+    )
     talk.set_defaults(func=cmd_talk)
+
+    page = sub.add_parser(
+        "page-url", help="a link to the page with a fresh session token (servers with API keys)"
+    )
+    page.add_argument("--url", default="http://127.0.0.1:8080", help="the orchestrator")
+    page.add_argument("--api-key", help="its API key (or DUPLEX_API_KEY)")
+    page.set_defaults(func=cmd_page_url)
 
     op = sub.add_parser("operator", help="the Kubernetes operator (TTSModel, VoiceSession)")
     op.add_argument("--config", type=Path, help="YAML config file (namespace, redis, pools)")
@@ -365,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
         "1,4,10,20), over the WebSocket",
     )
     bc.add_argument("--questions", type=int, default=3, help="questions per conversation there")
+    bc.add_argument("--api-key", help="for a --url orchestrator that asks for one")
     bc.add_argument("--json", type=Path, help="also write the results as JSON")
     bc.set_defaults(func=cmd_bench_conversation)
     return parser

@@ -41,6 +41,9 @@ def demo_configs(opts: argparse.Namespace) -> tuple[WorkerConfig, OrchestratorCo
             "port": opts.port,
             "default_model": model,
             "responder": responder or None,
+            "api_keys": getattr(opts, "api_key", None),
+            "insecure": True if getattr(opts, "insecure", False) else None,
+            "allowed_origins": getattr(opts, "allow_origin", None),
         },
     )
     return worker, orchestrator

@@ -4,7 +4,7 @@ The cluster is the one `tools/cluster up` starts on this machine (kubelet, conta
 kube-proxy). Its Pod and Service addresses exist only inside its network namespace, so these
 tests run there:
 
-    tools/cluster up && tools/cluster exec pytest -m cluster
+    tools/cluster up && tools/cluster exec pytest -m cluster tests/cluster
 
 Every test here carries the `cluster` marker. A run that neither asks for that marker nor runs
 inside the cluster deselects them (the summary counts them as deselected); a run that asks
@@ -89,6 +89,13 @@ class Cluster:
         body: Obj = json.loads(self.kubectl(*args))
         return body
 
+    def api_key(self, namespace: str, secret: str) -> str:
+        """The orchestrator's API key, from the Secret it reads its keys from."""
+        import base64
+
+        data = self.get(namespace, "secret", secret)["data"]
+        return base64.b64decode(data["api-keys"]).decode().split(",")[0]
+
     def pods(self, namespace: str, selector: str) -> list[Obj]:
         items: list[Obj] = self.get(namespace, "pods", selector=selector)["items"]
         return items
@@ -113,7 +120,7 @@ def cluster() -> Cluster:
     if not state:
         pytest.fail(
             "the cluster tests run inside the local cluster's network: "
-            "tools/cluster up, then tools/cluster exec pytest -m cluster"
+            "tools/cluster up, then tools/cluster exec pytest -m cluster tests/cluster"
         )
     cluster = Cluster(Path(state) / "kubeconfig")
     cluster.kubectl("get", "--raw", "/readyz")

@@ -161,8 +161,13 @@ async def test_applied_ttsmodel_is_resident_in_status_redis_and_the_orchestrator
     records = await worker_records(cluster)
     assert "piper-joe" in records[name].resident_models
     url = cluster.service_url(NAMESPACE, f"{RELEASE}-orchestrator")
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/api/models") as response:
-        models = {m["model_id"]: m for m in (await response.json())["models"]}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/api/models") as response:
+            assert response.status == 401  # secure by default: it asks for its key
+        key = cluster.api_key(NAMESPACE, f"{RELEASE}-orchestrator-auth")
+        headers = {"Authorization": f"Bearer {key}"}
+        async with http.get(f"{url}/api/models", headers=headers) as response:
+            models = {m["model_id"]: m for m in (await response.json())["models"]}
     assert models["piper-joe"]["resident"] is True
 
 
@@ -177,7 +182,8 @@ async def test_spoken_question_gets_a_spoken_reply(
         run, sys.executable, "-m", "duplex.cli", *say, "--worker", f"{pod_ip}:50051"
     )
     url = cluster.service_url(NAMESPACE, f"{RELEASE}-orchestrator").replace("http", "ws")
-    result = await talk_file(f"{url}/ws", question, timeout=60, verbose=False)
+    key = cluster.api_key(NAMESPACE, f"{RELEASE}-orchestrator-auth")
+    result = await talk_file(f"{url}/ws", question, timeout=60, verbose=False, api_key=key)
     assert "name" in result.transcript().lower(), result.events
     assert result.frames, result.events
     pcm = np.concatenate([f.samples() for f in result.frames]).astype(np.float32) / 32768

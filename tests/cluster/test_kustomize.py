@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +62,18 @@ def overlay(cluster: Cluster, images: Images, tmp_path_factory: pytest.TempPathF
 @pytest.fixture(scope="module")
 def installed(cluster: Cluster, overlay: Path) -> Iterator[str]:
     cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait", timeout=300)
+    # What manifests/orchestrator.yaml asks for first: the orchestrator's API key.
+    cluster.kubectl("create", "namespace", NAMESPACE)
+    cluster.kubectl(
+        "-n",
+        NAMESPACE,
+        "create",
+        "secret",
+        "generic",
+        "duplex-orchestrator-auth",
+        f"--from-literal=api-keys={secrets.token_hex(20)}",
+        f"--from-literal=token-secret={secrets.token_hex(32)}",
+    )
     cluster.kubectl("apply", "-k", str(overlay))
     yield NAMESPACE
     cluster.kubectl("delete", "-k", str(overlay), "--ignore-not-found", "--wait", timeout=300)
@@ -98,6 +111,10 @@ async def test_apply_k_installs_a_system_that_serves_a_model(
         ][0]["image"]
     )
     url = cluster.service_url(installed, "duplex-orchestrator")
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/api/models") as response:
+    key = cluster.api_key(installed, "duplex-orchestrator-auth")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{url}/api/models", headers={"Authorization": f"Bearer {key}"}) as response,
+    ):
         models = {m["model_id"]: m for m in (await response.json())["models"]}
     assert models["piper-joe"]["resident"] is True

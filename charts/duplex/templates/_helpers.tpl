@@ -49,6 +49,10 @@ redis://{{ include "duplex.fullname" . }}-redis:{{ .Values.redis.port }}/0
 {{- end -}}
 {{- end -}}
 
+{{- define "duplex.authSecret" -}}
+{{- default (printf "%s-orchestrator-auth" (include "duplex.fullname" .)) .Values.orchestrator.auth.existingSecret -}}
+{{- end -}}
+
 {{- define "duplex.livekitSecret" -}}
 {{- default (printf "%s-livekit" (include "duplex.fullname" .)) .Values.livekit.existingSecret -}}
 {{- end -}}

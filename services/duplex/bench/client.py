@@ -138,8 +138,11 @@ class Conversation:
 
 
 @contextlib.asynccontextmanager
-async def conversation(url: str, model: str) -> AsyncIterator[Conversation]:
-    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+async def conversation(
+    url: str, model: str, api_key: str | None = None
+) -> AsyncIterator[Conversation]:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
         await ws.send_str(
             json.dumps({"type": "session.start", "sample_rate": SEND_RATE, "model": model})
         )

@@ -230,13 +230,20 @@ async def false_barge_in(connect: Connect, utt: dict[str, list[bytes]], runs: in
     return series
 
 
-async def load(url: str, model: str, utt: dict[str, list[bytes]], n: int, questions: int) -> Load:
+async def load(
+    url: str,
+    model: str,
+    utt: dict[str, list[bytes]],
+    n: int,
+    questions: int,
+    api_key: str | None = None,
+) -> Load:
     """`n` spoken conversations at once over the WebSocket, each asking `questions` questions
     in turn. A conversation refused as busy fails every question it would have asked."""
     result = Load(n, Series(f"{n} at once: voice-to-voice"))
 
     async def one(i: int) -> None:
-        async with conversation(url, model) as conv:
+        async with conversation(url, model, api_key) as conv:
             await conv.wait_for(
                 lambda: any(e["type"] in ("session.started", "error") for _, e in conv.events),
                 30,
@@ -374,7 +381,7 @@ async def run_conversation_bench(opts: argparse.Namespace) -> int:
         http = "http" + url.removeprefix("ws").removesuffix("/ws")
         connects: list[tuple[str, Connect]] = []
         if "websocket" in transports:
-            connects.append(("websocket", lambda: conversation(url, opts.model)))
+            connects.append(("websocket", lambda: conversation(url, opts.model, opts.api_key)))
         if want_livekit:
             if await _livekit_available(http):
                 connects.append(("livekit", _livekit_connect(http, opts.model)))
@@ -411,7 +418,7 @@ async def _run_load(opts: argparse.Namespace, utt: dict[str, list[bytes]]) -> in
         url = opts.url or stack.enter_context(_demo_process(opts.model, livekit=False))
         for n in levels:
             print(f"· {n} conversations at once", file=sys.stderr, flush=True)
-            loads.append(await load(url, opts.model, utt, n, opts.questions))
+            loads.append(await load(url, opts.model, utt, n, opts.questions, opts.api_key))
             await asyncio.sleep(2)  # let the last conversations' sessions end
     print(render_load(loads))
     if opts.json:

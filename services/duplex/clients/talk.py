@@ -62,13 +62,17 @@ async def talk_file(
     voice: str | None = None,
     timeout: float = 60.0,
     verbose: bool = True,
+    api_key: str | None = None,
 ) -> TalkResult:
     result = TalkResult()
     frames = wav_frames(input_wav)
     silence = bytes(SEND_SAMPLES * 2)
     done = asyncio.Event()
     spoke = asyncio.Event()
-    async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=4 << 20) as ws:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(url, max_msg_size=4 << 20, headers=auth_headers(api_key)) as ws,
+    ):
         start: dict[str, Any] = {"type": "session.start", "sample_rate": SEND_RATE}
         if model:
             start["model"] = model
@@ -133,7 +137,12 @@ def _print_event(event: dict[str, Any]) -> None:
         print(f"[{kind}] " + ", ".join(f"{k}={v}" for k, v in event.items() if k != "type"))
 
 
-async def talk_live(url: str, model: str | None, voice: str | None) -> None:
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The header an orchestrator with API keys asks for (the key, or a session token)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+async def talk_live(url: str, model: str | None, voice: str | None, api_key: str | None) -> None:
     try:
         import sounddevice as sd
     except (ImportError, OSError) as exc:
@@ -158,7 +167,10 @@ async def talk_live(url: str, model: str | None, voice: str | None) -> None:
         outdata[n:] = b"\x00" * (frames * 2 - n)
         del pending[:n]
 
-    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(url, headers=auth_headers(api_key)) as ws,
+    ):
         start: dict[str, Any] = {"type": "session.start", "sample_rate": SEND_RATE}
         if model:
             start["model"] = model
@@ -198,12 +210,15 @@ def run(
     model: str | None,
     voice: str | None,
     timeout: float,
+    api_key: str | None = None,
 ) -> int:
     if input_wav is None:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(talk_live(url, model, voice))
+            asyncio.run(talk_live(url, model, voice, api_key))
         return 0
-    result = asyncio.run(talk_file(url, input_wav, model=model, voice=voice, timeout=timeout))
+    result = asyncio.run(
+        talk_file(url, input_wav, model=model, voice=voice, timeout=timeout, api_key=api_key)
+    )
     if output_wav is not None:
         seconds = write_wav(output_wav, result.frames)
         print(f"wrote {output_wav} ({seconds:.2f} s)")

@@ -32,6 +32,18 @@ class OrchestratorConfig(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    # Serve /metrics and /healthz on this port only (e.g. for the cluster's probes and
+    # Prometheus); unset: on the main port, beside the page.
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    # Credentials (see orchestrator/auth.py): with keys set, /ws and /api/* need a key or a
+    # session token. Without keys, only a loopback address is served unless `insecure`.
+    api_keys: list[str] = []
+    insecure: bool = False
+    # Browser pages from these origins may call in, besides the server's own ("*": any).
+    allowed_origins: list[str] = []
+    session_token_seconds: float = Field(300.0, gt=0)
+    # Signs session tokens; set the same on every replica so that each accepts the others'.
+    token_secret: str | None = None
     workers: list[str] = []
     redis: str | None = None
     default_model: str = "piper-joe"

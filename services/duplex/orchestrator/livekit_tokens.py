@@ -2,8 +2,9 @@
 
 A LiveKit server admits a participant only with a token signed by one of its API keys, naming
 the room and what the participant may do there. The page asks `POST /api/livekit/token` for
-one; the token is limited to that room and identity, to publishing the microphone and to a
-few minutes, so a leaked token is worth little. Without a LiveKit configuration the endpoint
+one; the server picks a fresh room and identity for it (a caller cannot name another's room),
+and the token is limited to that room, to publishing the microphone and to a few minutes, so
+a leaked token is worth little. Without a LiveKit configuration the endpoint
 answers 404 and the page stays on the WebSocket transport.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,6 @@ from duplex.errors import InvalidInput
 if TYPE_CHECKING:
     from livekit import api
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # The agent every token dispatches into its room: the orchestrator registers under this name.
 AGENT_NAME = "duplex"
 
@@ -144,13 +143,16 @@ def token_routes(config: LiveKitConfig | None) -> list[web.RouteDef]:
             if not isinstance(value, str) or len(value) > 200:
                 return _error(400, "bad_request", f"{field} must be a string")
             attributes[f"duplex.{field}"] = value
-        room = body.get("room") or f"duplex-{secrets.token_hex(4)}"
-        identity = body.get("identity") or f"user-{secrets.token_hex(4)}"
-        for field, value in (("room", room), ("identity", identity)):
-            if not isinstance(value, str) or not _NAME.match(value):
+        for field in ("room", "identity"):
+            if field in body:
                 return _error(
-                    400, "bad_request", f"{field} must be 1-64 letters, digits, '.', '_' or '-'"
+                    400,
+                    "bad_request",
+                    f"the server chooses the {field}: every conversation gets a room of its own",
                 )
+        # Fresh, unguessable names: a token never lets anyone into another's conversation.
+        room = f"duplex-{secrets.token_urlsafe(12)}"
+        identity = f"user-{secrets.token_urlsafe(6)}"
         return web.json_response(
             {
                 "url": config.url,

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from duplex.audio.frame import PcmFrame
 from duplex.errors import DuplexError, InvalidInput
 from duplex.orchestrator.asr import WhisperTranscriber
+from duplex.orchestrator.auth import Guard
 from duplex.orchestrator.config import OrchestratorConfig
 from duplex.orchestrator.livekit_tokens import require_sdk, token_routes
 from duplex.orchestrator.metrics import OrchestratorMetrics
@@ -129,21 +130,35 @@ class Orchestrator:
         self._sockets_gone = asyncio.Event()
         self.agent: LiveKitAgent | None = None
         self.port = config.port
+        self.metrics_port: int | None = None
+        self._health_runner: web.AppRunner | None = None
+        self.guard = Guard(
+            config.api_keys,
+            config.allowed_origins,
+            token_seconds=config.session_token_seconds,
+            secret=config.token_secret,
+        )
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self.guard.middleware])
         app.router.add_get("/", self._index)
         app.router.add_get("/ws", self._websocket)
-        app.router.add_get("/healthz", self._health)
-        app.router.add_get("/metrics", self._metrics)
+        if self.config.metrics_port is None:
+            self._add_health(app)
         app.router.add_get("/api/models", self._models)
+        app.router.add_routes(self.guard.routes())
         app.router.add_routes(token_routes(self.config.livekit))
         app.router.add_static("/static", WEB_DIR)
         return app
 
+    def _add_health(self, app: web.Application) -> None:
+        app.router.add_get("/healthz", self._health)
+        app.router.add_get("/metrics", self._metrics)
+
     async def start(self) -> None:
         if not self.config.workers and not self.config.redis:
             raise InvalidInput("no TTS workers: give --worker ADDR (repeatable) or --redis URL")
+        Guard.check_bind(self.config.host, self.config.api_keys, self.config.insecure)
         if self.config.livekit is not None:
             require_sdk()
         await self.asr.load()
@@ -152,9 +167,17 @@ class Orchestrator:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
-        server = site._server
-        if isinstance(server, asyncio.Server) and server.sockets:  # port 0: learn the real one
-            self.port = server.sockets[0].getsockname()[1]
+        self.port = _bound_port(site, self.config.port)
+        if self.config.metrics_port is not None:
+            health = web.Application()
+            self._add_health(health)
+            self._health_runner = web.AppRunner(health, access_log=None)
+            await self._health_runner.setup()
+            health_site = web.TCPSite(
+                self._health_runner, self.config.host, self.config.metrics_port
+            )
+            await health_site.start()
+            self.metrics_port = _bound_port(health_site, self.config.metrics_port)
         if self.config.livekit is not None and self.config.livekit.agent:
             from duplex.orchestrator.livekit_agent import LiveKitAgent
 
@@ -173,6 +196,8 @@ class Orchestrator:
         await self._tasks.aclose()  # leaves LiveKit rooms: their sessions end
         if self._runner is not None:
             await self._runner.cleanup()  # closes what is left
+        if self._health_runner is not None:
+            await self._health_runner.cleanup()
         await self.router.directory.aclose()
         await self.responder.aclose()
         await self.pool.aclose()
@@ -290,6 +315,14 @@ class Orchestrator:
                 runner.cancel()
 
 
+def _bound_port(site: web.TCPSite, asked: int) -> int:
+    """The port a site listens on (the real one when it asked for port 0)."""
+    server = site._server
+    if isinstance(server, asyncio.Server) and server.sockets:
+        return int(server.sockets[0].getsockname()[1])
+    return asked
+
+
 async def serve(config: OrchestratorConfig) -> None:
     import signal
 
@@ -299,4 +332,6 @@ async def serve(config: OrchestratorConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with Orchestrator(config) as orch:
         print(f"duplex orchestrator on http://{config.host}:{orch.port}/", flush=True)
+        if orch.metrics_port is not None:
+            print(f"  /metrics and /healthz on port {orch.metrics_port}", flush=True)
         await stop.wait()

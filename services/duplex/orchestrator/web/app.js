@@ -35,6 +35,9 @@ const ui = {
 };
 
 const params = new URLSearchParams(location.search);
+// A session token from the site that sent us here (?token=), when the server asks for one.
+const TOKEN = params.get('token');
+const authHeaders = TOKEN ? { Authorization: `Bearer ${TOKEN}` } : {};
 const LOG_CAP = 10000; // keep the test-hook event log bounded on very long sessions
 
 const S = {
@@ -219,7 +222,10 @@ function renderStats() {
 
 async function loadModels() {
   try {
-    const r = await fetch('/api/models', { cache: 'no-store' });
+    const r = await fetch('/api/models', { cache: 'no-store', headers: authHeaders });
+    if (r.status === 401) {
+      throw new Error('this server asks for a session token: open the page with the link (…?token=…) your site gave you');
+    }
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
     const data = await r.json();
     S.models = Array.isArray(data.models) ? data.models : [];
@@ -437,7 +443,7 @@ async function joinRoom() {
   const body = { model: ui.modelSel.value || null, voice: ui.voiceSel.value || null };
   const r = await fetch('/api/livekit/token', {
     method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
+    headers: { 'Content-Type': 'application/json', ...authHeaders },
     body: JSON.stringify(body),
   });
   if (r.status === 404) return false;
@@ -539,7 +545,8 @@ function leaveRoom() {
 // ---------------------------------------------------------------- WebSocket
 
 function openSocket() {
-  const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
+  const query = TOKEN ? `?token=${encodeURIComponent(TOKEN)}` : '';
+  const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws${query}`;
   const ws = new WebSocket(url);
   ws.binaryType = 'arraybuffer';
   S.ws = ws;
