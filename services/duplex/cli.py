@@ -44,6 +44,10 @@ def _worker_config(opts: argparse.Namespace) -> object:
             "pod_name": opts.pod_name,
             "pod_namespace": opts.pod_namespace,
             "kubeconfig": opts.kubeconfig,
+            "tls_cert": opts.tls_cert,
+            "tls_key": opts.tls_key,
+            "tls_client_ca": opts.tls_client_ca,
+            "health_port": opts.health_port,
         },
     )
 
@@ -301,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--pod-name", help="this worker's Pod (default $POD_NAME)")
     worker.add_argument("--pod-namespace", help="its namespace (default $POD_NAMESPACE)")
     worker.add_argument("--kubeconfig", help="API server credentials (default: in-cluster)")
+    worker.add_argument("--tls-cert", help="serve TLS with this certificate (PEM)")
+    worker.add_argument("--tls-key", help="... and this private key (PEM)")
+    worker.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
+    worker.add_argument("--health-port", type=int, help="gRPC health alone, in plain text")
     worker.set_defaults(func=cmd_worker)
 
     say = sub.add_parser("say", help="synthesise TEXT into a WAV file")

@@ -88,6 +88,13 @@ class SynthesisFailed(DuplexError):
     retryable = True
 
 
+class NotAllowed(DuplexError):
+    """The caller lacks the identity the call needs (an admin RPC without an admin)."""
+
+    code = "forbidden"
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class WorkerUnavailable(DuplexError):
     """A worker could not be reached, or failed while speaking, and no other could take over."""
 

@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from duplex.orchestrator.asr import AsrConfig
 from duplex.orchestrator.livekit_tokens import LiveKitConfig
 from duplex.orchestrator.responder import ResponderConfig
+from duplex.rpc.security import ClientTls
 
 
 class TurnConfig(BaseModel):
@@ -44,6 +45,10 @@ class OrchestratorConfig(BaseModel):
     session_token_seconds: float = Field(300.0, gt=0)
     # Signs session tokens; set the same on every replica so that each accepts the others'.
     token_secret: str | None = None
+    # Reaching TLS workers (CA, client certificate for mutual TLS), and the admin token that
+    # lets this orchestrator ask a worker to load a model (DUPLEX_ADMIN_TOKEN).
+    tts_tls: ClientTls | None = None
+    admin_token: str | None = None
     workers: list[str] = []
     redis: str | None = None
     default_model: str = "piper-joe"

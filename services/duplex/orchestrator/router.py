@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from duplex.discovery import EVENTS_CHANNEL, KEY_PREFIX, WorkerEvent, WorkerRecord, worker_key
 from duplex.errors import UnknownModel
 from duplex.rpc.client import TtsClient
+from duplex.rpc.security import ClientTls
 from duplex.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -66,15 +67,25 @@ class ClientPool:
     background calls that end sessions nobody waits for.
     """
 
-    def __init__(self, client_id: str | None = None) -> None:
+    def __init__(
+        self,
+        client_id: str | None = None,
+        *,
+        tls: ClientTls | None = None,
+        admin_token: str | None = None,
+    ) -> None:
         self.client_id = client_id or f"orchestrator-{socket.gethostname()}-{os.getpid()}"
+        self._tls = tls
+        self._admin_token = admin_token
         self._clients: dict[str, TtsClient] = {}
         self._cleanup = TaskSet("session-cleanup")
 
     def get(self, addr: str) -> TtsClient:
         client = self._clients.get(addr)
         if client is None:
-            client = self._clients[addr] = TtsClient(addr, self.client_id)
+            client = self._clients[addr] = TtsClient(
+                addr, self.client_id, tls=self._tls, admin_token=self._admin_token
+            )
         return client
 
     def end_later(self, addr: str, session_id: str) -> None:

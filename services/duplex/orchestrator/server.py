@@ -112,7 +112,7 @@ class Orchestrator:
     def __init__(self, config: OrchestratorConfig) -> None:
         self.config = config
         self.metrics = OrchestratorMetrics()
-        self.pool = ClientPool()
+        self.pool = ClientPool(tls=config.tts_tls, admin_token=config.admin_token)
         directory: Directory
         if config.redis:
             directory = RedisDirectory(self.pool, config.redis)

@@ -16,6 +16,7 @@ import grpc
 from duplex.audio.frame import FRAME_BYTES, SAMPLE_RATE, PcmFrame
 from duplex.rpc._proto import tts_pb2 as pb
 from duplex.rpc._proto import tts_pb2_grpc as pb_grpc
+from duplex.rpc.security import ADMIN_METADATA, ClientTls
 
 # A reader that plays audio in real time must not let the transport queue seconds of audio in
 # front of it: without BDP probing about 30 frames sit in flight, so PAUSE can recall the rest.
@@ -131,11 +132,26 @@ class TtsClient:
     """One channel to a worker. Every call names this client (`client_id`): the worker keeps
     the sessions it starts for it alone."""
 
-    def __init__(self, address: str, client_id: str | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        client_id: str | None = None,
+        *,
+        tls: ClientTls | None = None,
+        admin_token: str | None = None,
+    ) -> None:
         self.address = address
         self.client_id = client_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._metadata = ((CLIENT_METADATA, self.client_id),)
-        self._channel = grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+        metadata = [(CLIENT_METADATA, self.client_id)]
+        if admin_token:
+            metadata.append((ADMIN_METADATA, f"Bearer {admin_token}"))
+        self._metadata = tuple(metadata)
+        if tls is not None:
+            self._channel = grpc.aio.secure_channel(
+                address, tls.credentials(), options=[*CHANNEL_OPTIONS, *tls.options()]
+            )
+        else:
+            self._channel = grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
         self._stub = pb_grpc.TTSServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def __aenter__(self) -> TtsClient:

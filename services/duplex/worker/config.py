@@ -78,6 +78,16 @@ class WorkerConfig(ManagerConfig):
     default_pacing: Literal["realtime", "none"] = "realtime"
     default_lead_ms: int = Field(60, ge=0, le=2000)
     max_text_chars: int = Field(65536, ge=1)
+    # TLS (see rpc/security.py): certificate and key files; a client CA makes it mutual.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    # Who may LoadModel, UnloadModel and RELOAD: bearer tokens (DUPLEX_ADMIN_TOKENS) and client
+    # certificate common names; with neither, callers on this machine only.
+    admin_tokens: list[str] = []
+    admin_names: list[str] = []
+    # The gRPC health service alone, in plain text, for probes that do not speak TLS.
+    health_port: int | None = Field(None, ge=0, le=65535)
     redis: str | None = None
     heartbeat_seconds: float = Field(1.0, gt=0)
     metrics_port: int | None = Field(None, ge=0, le=65535)

@@ -18,6 +18,7 @@ from duplex.discovery import WorkerRecord
 from duplex.errors import InvalidInput
 from duplex.kube import KubeClient
 from duplex.rpc.client import SERVER_OPTIONS
+from duplex.rpc.security import server_credentials
 from duplex.worker.catalog import Catalog
 from duplex.worker.config import WorkerConfig
 from duplex.worker.metrics import MetricsServer, WorkerMetrics
@@ -39,6 +40,8 @@ class Worker:
         self.manager = ModelManager(catalog, config, self.metrics)
         self.servicer = TtsServicer(config, self.manager, self.metrics)
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
         self._health = HealthServicer()
         self._registration: RedisRegistration | None = None
         self._metrics_server: MetricsServer | None = None
@@ -59,11 +62,28 @@ class Worker:
         server = grpc.aio.server(options=list(SERVER_OPTIONS))
         add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        where = f"{self.config.host}:{self.config.port}"
+        if self.config.tls_cert and self.config.tls_key:
+            creds = server_credentials(
+                self.config.tls_cert, self.config.tls_key, self.config.tls_client_ca
+            )
+            self.port = server.add_secure_port(where, creds)
+        elif self.config.tls_cert or self.config.tls_key or self.config.tls_client_ca:
+            raise InvalidInput("TLS needs both tls_cert and tls_key (tls_client_ca is optional)")
+        else:
+            self.port = server.add_insecure_port(where)
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.config.host}:{self.config.port}")
+            raise OSError(f"cannot listen on {where}")
         await server.start()
         self._server = server
+        if self.config.health_port is not None:
+            health = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, health)
+            self.health_port = health.add_insecure_port(
+                f"{self.config.host}:{self.config.health_port}"
+            )
+            await health.start()
+            self._health_server = health
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.config.metrics_port is not None:
@@ -131,6 +151,8 @@ class Worker:
             await self._registration.aclose()
         if self._server is not None:
             await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         await self.servicer.aclose()
         if self.model_set is not None:
             await self.model_set.aclose()

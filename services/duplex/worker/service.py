@@ -22,12 +22,14 @@ from duplex.errors import (
     DuplexError,
     InvalidInput,
     ModelLoading,
+    NotAllowed,
     SessionExists,
     UnknownSession,
 )
 from duplex.rpc._proto import tts_pb2 as pb
 from duplex.rpc._proto import tts_pb2_grpc as pb_grpc
 from duplex.rpc.client import CLIENT_METADATA
+from duplex.rpc.security import AdminPolicy
 from duplex.tasks import TaskSet
 from duplex.worker.config import WorkerConfig
 from duplex.worker.metrics import WorkerMetrics
@@ -92,6 +94,7 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
         self._manager = manager
         self._metrics = metrics
         self._sessions: dict[str, SynthesisSession] = {}
+        self._admin = AdminPolicy(tuple(config.admin_tokens), tuple(config.admin_names))
         # Sessions being started (their model may be loading): id → client. They count
         # against the limits already, so concurrent starts cannot overshoot them.
         self._starting: dict[str, str] = {}
@@ -113,6 +116,14 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
             raise UnknownSession(f"no session {session_id!r}; call StartSession first")
         session.touch()
         return session
+
+    def _check_admin(self, context: grpc.aio.ServicerContext[Any, Any], call: str) -> None:
+        if not self._admin.allows(context):
+            raise NotAllowed(
+                f"{call} changes what this worker holds for everyone: it needs an admin token "
+                "or an admin client certificate (callers on the worker's own machine are "
+                "admins only while neither is configured)"
+            )
 
     def _admit(self, session_id: str, client: str) -> None:
         """Refuse a new session when the worker, or this client's share of it, is full."""
@@ -282,6 +293,7 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
             elif command == pb.STOP:
                 session.stop()
             elif command == pb.RELOAD:
+                self._check_admin(context, "RELOAD")
                 await self._manager.reload(session.model_id)
             else:
                 raise InvalidInput(f"unknown control command {command}")
@@ -324,6 +336,7 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
         self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.LoadModelResponse:
         try:
+            self._check_admin(context, "LoadModel")
             _check_id("model_id", request.model_id)
             spec = self._manager.catalog.get(request.model_id)
             # In Kubernetes mode the Pod's model set decides (FAILED_PRECONDITION otherwise).
@@ -354,6 +367,7 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
         self, request: pb.UnloadModelRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.UnloadModelResponse:
         try:
+            self._check_admin(context, "UnloadModel")
             _check_id("model_id", request.model_id)
             if request.model_id in self._manager.loading_ids():
                 raise ModelLoading(f"model {request.model_id!r} is still loading")
