@@ -128,6 +128,20 @@ def _real_error(exc: grpc.aio.AioRpcError, first: list[_Status | None]) -> grpc.
     )
 
 
+async def frames_of(call: Any) -> AsyncIterator[ReceivedFrame]:
+    """The frames of a Synthesize call, checked against the frame rules; its failure raised
+    with the worker's own status (see `_completion_status`)."""
+    first: list[_Status | None] = []
+    call.add_done_callback(lambda done: first.append(_completion_status(done)))
+    try:
+        async for msg in call:
+            yield _frame(msg)
+    except grpc.aio.AioRpcError as exc:
+        raise _real_error(exc, first) from None
+    finally:
+        call.cancel()
+
+
 class TtsClient:
     """One channel to a worker. Every call names this client (`client_id`): the worker keeps
     the sessions it starts for it alone."""
@@ -208,16 +222,8 @@ class TtsClient:
 
         return self._frames(self._stub.Synthesize(requests(), metadata=self._metadata))
 
-    async def _frames(self, call: Any) -> AsyncIterator[ReceivedFrame]:
-        first: list[_Status | None] = []
-        call.add_done_callback(lambda done: first.append(_completion_status(done)))
-        try:
-            async for msg in call:
-                yield _frame(msg)
-        except grpc.aio.AioRpcError as exc:
-            raise _real_error(exc, first) from None
-        finally:
-            call.cancel()
+    def _frames(self, call: Any) -> AsyncIterator[ReceivedFrame]:
+        return frames_of(call)
 
     async def say(self, session_id: str, text: str) -> AsyncIterator[ReceivedFrame]:
         """One whole utterance: frames until (and including) its final marker."""
