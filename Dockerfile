@@ -14,10 +14,12 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS deps
+# Libraries' caches (onnxruntime's, Hugging Face's) go to /tmp, the Pods' writable emptyDir.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    XDG_CACHE_HOME=/tmp/.cache
 # A fixed numeric uid, so that Kubernetes' runAsNonRoot can verify it without a passwd lookup.
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/duplex duplex
 WORKDIR /app
