@@ -176,3 +176,44 @@ async def spoken_turn(worker: Worker, port: int, tmp_path: Path) -> dict[str, An
             return {"transport": transport, "events": log}
         finally:
             await browser.close()
+
+
+async def test_page_reconnects_after_the_orchestrator_restarts(
+    demo: tuple[Worker, Orchestrator],
+) -> None:
+    from playwright.async_api import async_playwright
+
+    from duplex.ports import free_ports
+
+    worker, _ = demo
+    (port,) = free_ports(1)
+    config = OrchestratorConfig(port=port, workers=[worker.address])
+    started = "() => window.duplex && window.duplex.log.filter(e => e.type === 'session.started')"
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                "--autoplay-policy=no-user-gesture-required",
+            ],
+        )
+        try:
+            page = await browser.new_page()
+            async with Orchestrator(config):
+                await page.goto(f"http://127.0.0.1:{port}/?autostart=1&transport=ws")
+                await page.wait_for_function(f"({started})().length === 1", timeout=30_000)
+            # That orchestrator said goodbye (1001) and is gone; a new one takes its place.
+            log = await page.evaluate("window.duplex.log")
+            assert any(e["type"] == "session.ended" for e in log), log
+            async with Orchestrator(config):
+                await page.wait_for_function(f"({started})().length === 2", timeout=30_000)
+        finally:
+            await browser.close()

@@ -43,6 +43,8 @@ const LOG_CAP = 10000; // keep the test-hook event log bounded on very long sess
 const S = {
   state: 'idle', // idle | connecting | listening | thinking | speaking | barged_in
   starting: false,
+  reconnects: 0, // automatic reconnections since the last session started
+  reconnectTimer: null,
   running: false, // audio graph is up (mic may still be missing)
   connected: false, // WebSocket open, or LiveKit room joined
   transport: null, // 'websocket' | 'livekit'
@@ -544,6 +546,10 @@ function leaveRoom() {
 
 // ---------------------------------------------------------------- WebSocket
 
+// Close codes after which the page reconnects by itself: going away (a server restart),
+// abnormal closure (the connection dropped), internal error, service restart.
+const RECONNECT_CODES = new Set([1001, 1006, 1011, 1012]);
+
 function openSocket() {
   const query = TOKEN ? `?token=${encodeURIComponent(TOKEN)}` : '';
   const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws${query}`;
@@ -575,6 +581,15 @@ function openSocket() {
     if (ev.code === 1013) {
       // Try Again Later: every TTS slot is taken; the error event before it said so too.
       sysMsg('The service is busy right now: every voice is in use. Press Start to try again in a moment.', 'warn');
+    } else if (RECONNECT_CODES.has(ev.code)) {
+      // The server went away (a restart, a network blip): come back on our own.
+      const delay = Math.min(10000, 1000 * 2 ** S.reconnects);
+      S.reconnects += 1;
+      sysMsg(`Connection lost (code ${ev.code}); reconnecting in ${Math.round(delay / 1000)} s…`, 'warn');
+      S.reconnectTimer = setTimeout(() => {
+        S.reconnectTimer = null;
+        start();
+      }, delay);
     } else {
       const why = ev.reason ? `: ${ev.reason}` : '';
       sysMsg(`Connection closed (code ${ev.code}${why}).`, ev.code === 1000 ? undefined : 'warn');
@@ -606,6 +621,7 @@ function onJson(text) {
 
   switch (msg.type) {
     case 'session.started':
+      S.reconnects = 0;
       S.sessionId = msg.session_id ?? null;
       S.model = msg.model ?? null;
       // Reflect the server's choice (e.g. its default) without triggering a restart.
@@ -748,6 +764,9 @@ async function start() {
 }
 
 async function stop() {
+  if (S.reconnectTimer) clearTimeout(S.reconnectTimer);
+  S.reconnectTimer = null;
+  S.reconnects = 0;
   leaveRoom();
   const ws = S.ws;
   S.ws = null; // detach first so its close event is ignored
