@@ -454,12 +454,13 @@ def _write_rsa_key(path: Path) -> None:
 def _write_client_certificates(run: Path) -> Path:
     """A CA the apiserver trusts for client certificates, and one certificate it signed."""
     ca_key, ca, key, request = (run / n for n in ("ca.key", "ca.crt", "client.key", "client.csr"))
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    subject = f"/O=system:masters/CN={CERT_USER}"
+    sign = ["-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "2"]
     for argv in (
-        ["req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-subj", "/CN=duplex-test-ca"],
-        ["req", *ec, "-keyout", key, "-out", request, "-subj", f"/O=system:masters/CN={CERT_USER}"],
-        ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial"]
-        + ["-days", "2", "-out", run / "client.crt"],
+        ["req", "-x509", *new_key, "-keyout", ca_key, "-out", ca, "-subj", "/CN=duplex-test-ca"],
+        ["req", *new_key, "-keyout", key, "-out", request, "-subj", subject],
+        ["x509", "-req", "-in", request, *sign, "-out", run / "client.crt"],
     ):
         subprocess.run(["openssl", *map(str, argv)], capture_output=True, check=True)
     return ca

@@ -481,6 +481,8 @@ class _Pass:
         """A holder below its session target, else one below its limit (and the model gets
         one more holder), else a new holder; resident first, least occupied first."""
         model = self.by_id[session.model_id]
+        if self.need(model) == 0:
+            return None  # it cannot be placed at all (a spec too large)
         holders = self.holders(session.model_id)
 
         def best(names: list[str]) -> str:
@@ -550,9 +552,10 @@ class _Pass:
                 "VoiceSession", session.name, session.uid, "Active", f"served by worker {worker}"
             )
         if self.records is None:
+            unknown = f"worker records cannot be read: {self.world.redis_error}"
             ready = next(
                 (c for c in old.get("conditions") or [] if c.get("type") == "Ready"),
-                condition(old, "Ready", None, "RedisUnavailable", "unknown", gen, self.now),
+                condition(old, "Ready", None, "RedisUnavailable", unknown, gen, self.now),
             )
         else:
             resident = self.resident(worker, session.model_id)

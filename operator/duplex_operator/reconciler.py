@@ -77,6 +77,7 @@ class Reconciler:
         self._may_write = may_write
         self._instance = instance
         self._warned: dict[tuple[str, str, str, str], float] = {}
+        self._redis_down = False
         self.passes = 0
         self.last_plan: Plan | None = None
 
@@ -180,10 +181,16 @@ class Reconciler:
 
     async def _read_records(self) -> tuple[dict[str, WorkerRecord], str | None]:
         try:
-            return await self.read_records(), None
+            records = await self.read_records()
         except (RedisError, OSError) as exc:
-            log.warning("worker records unavailable: %s", exc)
+            if not self._redis_down:
+                log.warning("worker records unavailable, going on without them: %s", exc)
+            self._redis_down = True
             return {}, f"Redis at {self.config.redis} is unavailable ({exc})"
+        if self._redis_down:
+            log.info("worker records available again")
+        self._redis_down = False
+        return records, None
 
     async def read_records(self) -> dict[str, WorkerRecord]:
         keys = [key async for key in self._redis.scan_iter(match=f"{KEY_PREFIX}*", count=500)]

@@ -11,6 +11,7 @@ import yaml
 
 from duplex.kube import KubeClient, KubeResponse
 from duplex_operator.devcluster import KubeApiServer
+from duplex_operator.resources import ENTRY_LIMIT, parse_model
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 GROUP_VERSION = "/apis/duplex.dev/v1alpha1"
@@ -164,6 +165,18 @@ async def test_minimal_spec_gets_every_default(
             {**PIPER, "voices": ["a", "b"], "defaultVoice": "c"},
             "defaultVoice must be one of voices",
         ),
+        (
+            "TTSModel",
+            {**PIPER, "options": {f"o{i}": "v" for i in range(33)}},
+            "spec.options: Too many: 33: must have at most 32 items",
+        ),
+        (
+            "TTSModel",
+            {**PIPER, "options": {"k" * 64: "v"}},
+            "option names are at most 63 characters",
+        ),
+        ("TTSModel", {**PIPER, "options": {"k": "v" * 1025}}, "spec.options.k: Too long"),
+        ("TTSModel", {**PIPER, "voices": ["v" * 65]}, "spec.voices[0]: Too long"),
         ("VoiceSession", {**SESSION, "maxDurationSeconds": 0}, "spec.maxDurationSeconds"),
         ("VoiceSession", {"modelId": "piper-joe"}, "spec.room: Required value"),
     ],
@@ -178,6 +191,28 @@ async def test_invalid_spec_is_rejected(
     response = await create(kube, kube_namespace, kind, "bad", spec)
     assert response.status == 422, response.text
     assert expected in response.message
+
+
+async def test_the_largest_spec_the_crd_allows_fits_a_worker_pods_annotations(
+    kube: KubeClient, kube_namespace: str
+) -> None:
+    # Every bounded field at its bound: the catalog entry the operator would put on a Pod.
+    spec = {
+        **PIPER,
+        "source": "s" * 1024,
+        "description": "d" * 1024,
+        "languages": [
+            f"{chr(97 + i // 26)}{chr(97 + i % 26)}-{'a' * 8}-{'b' * 8}-{'c' * 8}-de"
+            for i in range(64)
+        ],
+        "voices": [f"{i:03d}" + "v" * 61 for i in range(128)],
+        "defaultVoice": "000" + "v" * 61,
+        "options": {f"{i:02d}" + "k" * 61: "o" * 1024 for i in range(32)},
+    }
+    created = await create(kube, kube_namespace, "TTSModel", "largest", spec)
+    assert created.status == 201, created.text
+    model = parse_model(created.json())
+    assert 40 * 1024 < model.entry_bytes <= ENTRY_LIMIT
 
 
 @pytest.mark.parametrize(

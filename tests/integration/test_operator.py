@@ -1,17 +1,22 @@
 """The operator against a real kube-apiserver, real Redis and real worker processes.
 
 There is no kubelet: `DevKubelet` starts a real `duplex worker --kube` process for each worker
-Pod the operator creates, with that Pod's arguments, as a kubelet would run its container.
+Pod the operator creates, with that Pod's arguments, as a kubelet would run its container. The
+operators and the workers authenticate only through a credential plugin (an exec user), as
+they would on EKS or GKE; the apiserver's audit log tells which process wrote what.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,10 +26,11 @@ import yaml
 
 from duplex.discovery import WorkerRecord, worker_key
 from duplex.kube import KubeClient
-from duplex_operator.devcluster import KubeApiServer
+from duplex_operator.devcluster import PLUGIN_USER, KubeApiServer
 from duplex_operator.devkubelet import DevKubelet
-from duplex_operator.resources import MODEL_SET, WORKER_SELECTOR
+from duplex_operator.resources import MODEL_SET, WORKER_SELECTOR, parse_time
 from tests.conftest import RedisServer
+from tests.kubeconfigs import exec_kubeconfig
 
 T = TypeVar("T")
 
@@ -73,17 +79,25 @@ class OperatorProcess:
 class Cluster:
     def __init__(
         self,
+        api: KubeApiServer,
         client: KubeClient,
         namespace: str,
         redis_url: str,
-        operator: OperatorProcess,
+        operators: list[OperatorProcess],
         kubelet: DevKubelet,
+        calls: Path,
     ) -> None:
+        self.api = api
+        self.calls = calls
         self.client = client
         self.ns = namespace
         self.redis = aioredis.from_url(redis_url)
-        self.operator = operator
+        self.operators = operators
         self.kubelet = kubelet
+
+    @property
+    def operator(self) -> OperatorProcess:
+        return self.operators[0]
 
     def path(self, plural: str, name: str | None = None) -> str:
         base = f"{GROUP_PATH}/{self.ns}/{plural}"
@@ -116,6 +130,27 @@ class Cluster:
         listing = await self.client.list(f"/api/v1/namespaces/{self.ns}/events")
         return [e for e in listing["items"] if e.get("reason") == reason]
 
+    async def lease_holder(self) -> str | None:
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{self.ns}/leases/duplex-operator"
+        answer = await self.client.request_raw("GET", path)
+        if answer.status != 200:
+            return None
+        holder = (answer.json().get("spec") or {}).get("holderIdentity")
+        return str(holder) if holder else None
+
+    def plugin_calls(self) -> list[str]:
+        return self.calls.read_text().splitlines() if self.calls.exists() else []
+
+    def writes(self, *, since: float = 0.0) -> list[dict[str, Any]]:
+        """The operators' writes in this namespace (from the apiserver's audit log)."""
+        return [
+            event
+            for event in self.api.writes()
+            if event.get("userAgent", "").startswith("duplex-operator/")
+            and (event.get("objectRef") or {}).get("namespace") == self.ns
+            and (parse_time(event["stageTimestamp"]) or 0.0) >= since
+        ]
+
     async def eventually(
         self, probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 60.0
     ) -> T:
@@ -128,9 +163,8 @@ class Cluster:
                 logs = "\n".join(
                     f"--- {name}\n{self.kubelet.log_tail(name)}" for name in self.kubelet.started
                 )
-                raise AssertionError(
-                    f"timed out waiting for {what}\n--- operator\n{self.operator.tail()}\n{logs}"
-                )
+                operators = "\n".join(f"--- operator\n{o.tail()}" for o in self.operators)
+                raise AssertionError(f"timed out waiting for {what}\n{operators}\n{logs}")
             await asyncio.sleep(0.2)
 
     async def condition(self, plural: str, name: str, kind: str) -> dict[str, Any] | None:
@@ -145,11 +179,16 @@ class Cluster:
         return record is not None and model_id in record.resident_models
 
 
-def _write_config(path: Path, namespace: str, redis_url: str) -> Path:
-    config = {
+# A short lease keeps a restarted operator's wait short; the takeover test uses the default.
+FAST_LEASE = {"lease_seconds": 3, "renew_seconds": 2, "retry_seconds": 0.5}
+
+
+def _write_config(path: Path, namespace: str, redis_url: str, **overrides: Any) -> Path:
+    config: dict[str, Any] = {
         "namespace": namespace,
         "redis": redis_url,
         "resync_seconds": 0.5,
+        "leader_election": FAST_LEASE,
         "pools": [
             {
                 "name": "cpu",
@@ -172,24 +211,44 @@ def _write_config(path: Path, namespace: str, redis_url: str) -> Path:
                 "node_selector": {"nvidia.com/gpu.present": "true"},
             },
         ],
+        **overrides,
     }
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-@pytest.fixture
-def operator_config(tmp_path: Path, kube_namespace: str, redis_server: RedisServer) -> Path:
-    return _write_config(tmp_path / "operator.yaml", kube_namespace, redis_server.url)
-
-
-@pytest.fixture
-def operator_process(
-    operator_config: Path, kube_apiserver: KubeApiServer, tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(operator_config, kube_apiserver.kubeconfig, tmp_path / "op.log")
-    process.start()
-    yield process
-    process.stop()
+@contextlib.asynccontextmanager
+async def running_cluster(
+    api: KubeApiServer,
+    namespace: str,
+    redis_url: str,
+    directory: Path,
+    *,
+    operators: int = 1,
+    **config: Any,
+) -> AsyncIterator[Cluster]:
+    """Operators and their worker Pods' processes, all with a plugin-only kubeconfig."""
+    kubeconfig, calls = exec_kubeconfig(api, directory)
+    path = _write_config(directory / "operator.yaml", namespace, redis_url, **config)
+    processes = [
+        OperatorProcess(path, kubeconfig, directory / f"operator-{i}.log") for i in range(operators)
+    ]
+    client = KubeClient.load(api.kubeconfig)
+    kubelet = DevKubelet(
+        client, namespace, kubeconfig, directory / "pods", env={"PYTHONUNBUFFERED": "1"}
+    )
+    cluster = Cluster(api, client, namespace, redis_url, processes, kubelet, calls)
+    try:
+        for process in processes:
+            process.start()
+        await kubelet.start()
+        yield cluster
+    finally:
+        for process in processes:
+            process.stop()
+        await kubelet.aclose()
+        await cluster.redis.aclose()
+        await client.aclose()
 
 
 @pytest.fixture
@@ -197,25 +256,12 @@ async def cluster(
     kube_apiserver: KubeApiServer,
     kube_namespace: str,
     redis_server: RedisServer,
-    operator_process: OperatorProcess,
     tmp_path: Path,
 ) -> AsyncIterator[Cluster]:
-    client = KubeClient.load(kube_apiserver.kubeconfig)
-    kubelet = DevKubelet(
-        client,
-        kube_namespace,
-        kube_apiserver.kubeconfig,
-        tmp_path / "pods",
-        env={"PYTHONUNBUFFERED": "1"},
-    )
-    await kubelet.start()
-    cluster = Cluster(client, kube_namespace, redis_server.url, operator_process, kubelet)
-    try:
-        yield cluster
-    finally:
-        await kubelet.aclose()
-        await cluster.redis.aclose()
-        await client.aclose()
+    async with running_cluster(
+        kube_apiserver, kube_namespace, redis_server.url, tmp_path
+    ) as running:
+        yield running
 
 
 def big(model_id: str) -> dict[str, Any]:
@@ -303,6 +349,13 @@ async def test_models_are_placed_loaded_bound_and_evicted(cluster: Cluster) -> N
     resident = await cluster.eventually(
         lambda: _false(cluster.condition("ttsmodels", "pico-de", "Resident")), "Resident=False"
     )
+
+    # Only the plugin authenticated the operator and the worker: the operator's writes are the
+    # plugin user's, and both processes ran the plugin (once each: its token lasts an hour).
+    writes = cluster.writes()
+    assert writes and {w["user"]["username"] for w in writes} == {PLUGIN_USER}
+    calls = [json.loads(line)["caller"] for line in cluster.plugin_calls()]
+    assert sorted(c[c.index("duplex.cli") + 1] for c in calls) == ["operator", "worker"]
 
 
 async def test_a_model_the_worker_cannot_load_fails_with_the_workers_error(
@@ -427,3 +480,181 @@ async def _false(probe: Awaitable[dict[str, Any] | None]) -> dict[str, Any] | No
 async def _phase(cluster: Cluster, name: str, phase: str) -> dict[str, Any] | None:
     obj = await cluster.get("voicesessions", name)
     return obj if (obj.get("status") or {}).get("phase") == phase else None
+
+
+IDENTITY = re.compile(r"^duplex-operator/\S+ \((?P<identity>.+)\)$")
+
+
+def writers(writes: list[dict[str, Any]]) -> set[str]:
+    """The operator identities behind audited writes, leases left out (every candidate
+    writes those)."""
+    found = set()
+    for write in writes:
+        if (write.get("objectRef") or {}).get("resource") == "leases":
+            continue
+        match = IDENTITY.match(write["userAgent"])
+        assert match is not None, write["userAgent"]
+        found.add(match["identity"])
+    return found
+
+
+async def test_of_two_operators_one_acts_and_the_other_takes_over_within_15_s(
+    kube_apiserver: KubeApiServer, kube_namespace: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # The chart's lease timing (10 s lease, 7 s renew deadline, 2 s retry).
+    async with running_cluster(
+        kube_apiserver,
+        kube_namespace,
+        redis_server.url,
+        tmp_path,
+        operators=2,
+        leader_election={},
+    ) as cluster:
+        holder = await cluster.eventually(cluster.lease_holder, "a lease holder", 30)
+        await cluster.apply("TTSModel", "pico-en", model_spec("pico-en", minResident=1))
+        await cluster.eventually(
+            lambda: _true(cluster.condition("ttsmodels", "pico-en", "Resident")), "Resident"
+        )
+        # Both ran all along; the one holding the lease made every write.
+        assert writers(cluster.writes()) == {holder}
+        [leader] = [o for o in cluster.operators if holder in o.log.read_text()]
+        [standby] = [o for o in cluster.operators if o is not leader]
+
+        killed_at = time.time()
+        leader.kill()
+        await cluster.apply("TTSModel", "pico-de", model_spec("pico-de", minResident=1))
+
+        async def new_holder() -> str | None:
+            now = await cluster.lease_holder()
+            return now if now is not None and now != holder else None
+
+        successor = await cluster.eventually(new_holder, "another lease holder", 30)
+        takeover = time.time() - killed_at
+        await cluster.eventually(
+            lambda: _true(cluster.condition("ttsmodels", "pico-de", "Resident")), "Resident"
+        )
+        acted = time.time() - killed_at
+        assert successor in standby.log.read_text()
+        assert takeover < 15, f"the standby took over {takeover:.1f} s after the leader died"
+        print(f"takeover {takeover:.1f} s; the new model Resident {acted:.1f} s after the kill")
+        assert writers(cluster.writes(since=killed_at + 0.5)) == {successor}
+        assert writers(cluster.writes()) == {holder, successor}
+
+
+async def test_a_pod_the_api_server_refuses_does_not_stall_the_rest(
+    kube_apiserver: KubeApiServer, kube_namespace: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # The GPU pool's Pods are invalid (requests above limits): every one is refused.
+    pools = [
+        {"name": "cpu", "max_pods": 1, "memory_mib": 100, "args": ["--test-models"]},
+        {
+            "name": "gpu",
+            "gpu": True,
+            "max_pods": 1,
+            "memory_mib": 1000,
+            "resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}},
+        },
+    ]
+    async with running_cluster(
+        kube_apiserver, kube_namespace, redis_server.url, tmp_path, pools=pools
+    ) as cluster:
+        gpu = {**model_spec("big", minResident=1), "resources": {"memoryMiB": 10, "gpu": True}}
+        await cluster.apply("TTSModel", "big", gpu)
+        await cluster.apply("TTSModel", "pico-en", model_spec("pico-en", minResident=1))
+        ready = await cluster.eventually(
+            lambda: _false(cluster.condition("ttsmodels", "big", "Ready")), "big Ready=False"
+        )
+        assert ready["reason"] == "PodCreateFailed"
+        assert "must be less than or equal to memory limit" in ready["message"]
+        await cluster.eventually(
+            lambda: _true(cluster.condition("ttsmodels", "pico-en", "Resident")),
+            "the CPU model Resident all the same",
+        )
+        [warning] = await cluster.eventually(
+            lambda: cluster.events("PodCreateFailed"), "a PodCreateFailed event"
+        )
+        assert (warning["type"], warning["involvedObject"]["name"]) == ("Warning", "big")
+        assert [p["metadata"]["name"] for p in await cluster.pods()] == ["duplex-worker-cpu-0"]
+
+
+async def test_a_redis_outage_stops_only_what_needs_redis(
+    kube_apiserver: KubeApiServer, kube_namespace: str, tmp_path: Path
+) -> None:
+    redis = RedisServer()
+    try:
+        async with running_cluster(kube_apiserver, kube_namespace, redis.url, tmp_path) as cluster:
+            await cluster.apply("TTSModel", "pico-en", model_spec("pico-en", minResident=1))
+            await cluster.eventually(
+                lambda: _true(cluster.condition("ttsmodels", "pico-en", "Resident")), "Resident"
+            )
+            redis.stop()
+            unknown = await cluster.eventually(
+                lambda: _unknown(cluster.condition("ttsmodels", "pico-en", "Resident")),
+                "Resident=Unknown",
+            )
+            assert unknown["reason"] == "RedisUnavailable"
+            assert redis.url in unknown["message"]
+            # maxDurationSeconds and Pod creation need no Redis.
+            session = {"modelId": "pico-en", "room": "r", "maxDurationSeconds": 2}
+            await cluster.apply("VoiceSession", "short", session)
+            ended = await cluster.eventually(
+                lambda: _phase(cluster, "short", "Ended"), "the session Ended"
+            )
+            assert cond_of(ended, "Ready")["reason"] == "MaxDuration"
+            spec = {**model_spec("big", minResident=1), "resources": {"memoryMiB": 95}}
+            await cluster.apply("TTSModel", "big", spec)  # too big to join pico-en's Pod
+
+            async def two_pods() -> bool:
+                return len(await cluster.pods()) == 2
+
+            await cluster.eventually(two_pods, "a second worker Pod")
+            # Back: residency is known again.
+            redis = RedisServer(port=redis.port)
+            await cluster.eventually(
+                lambda: _true(cluster.condition("ttsmodels", "pico-en", "Resident")),
+                "Resident again",
+            )
+    finally:
+        redis.stop()
+
+
+async def test_sessions_beyond_max_sessions_per_pod_scale_the_pool_out(
+    kube_apiserver: KubeApiServer, kube_namespace: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    pool = {
+        "name": "cpu",
+        "max_pods": 2,
+        "memory_mib": 100,
+        "max_sessions": 2,
+        "max_sessions_per_pod": 1,
+        "args": ["--test-models"],
+    }
+    async with running_cluster(
+        kube_apiserver, kube_namespace, redis_server.url, tmp_path, pools=[pool]
+    ) as cluster:
+        await cluster.apply("TTSModel", "pico-en", model_spec("pico-en", minResident=1))
+        for name in ("first", "second"):
+            await cluster.apply("VoiceSession", name, {"modelId": "pico-en", "room": name})
+            await cluster.eventually(lambda name=name: _phase(cluster, name, "Bound"), name)
+        # Past its target the first Pod still takes the second session (the model is loaded
+        # there), and the model goes to a second Pod for the next.
+        holders = {
+            (await cluster.get("voicesessions", n))["status"]["worker"] for n in ("first", "second")
+        }
+        assert holders == {"duplex-worker-cpu-0"}
+        await cluster.eventually(
+            lambda: cluster.resident_on("duplex-worker-cpu-1", "pico-en"), "a second copy"
+        )
+        await cluster.apply("VoiceSession", "third", {"modelId": "pico-en", "room": "third"})
+        third = await cluster.eventually(lambda: _phase(cluster, "third", "Bound"), "third")
+        assert third["status"]["worker"] == "duplex-worker-cpu-1"
+
+
+def cond_of(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    [found] = [c for c in obj["status"]["conditions"] if c["type"] == kind]
+    return dict(found)
+
+
+async def _unknown(probe: Awaitable[dict[str, Any] | None]) -> dict[str, Any] | None:
+    cond = await probe
+    return cond if cond is not None and cond["status"] == "Unknown" else None

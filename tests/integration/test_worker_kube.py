@@ -7,9 +7,12 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 
+import grpc
 import pytest
 
+from duplex.discovery import session_id_for, voice_session_of
 from duplex.kube import KubeApiError, KubeClient
+from duplex.rpc.client import TtsClient
 from duplex.worker.config import WorkerConfig
 from duplex.worker.podwatch import MODEL_SET_ANNOTATION, MODEL_SPECS_ANNOTATION
 from duplex.worker.server import Worker
@@ -106,3 +109,56 @@ async def test_worker_for_a_pod_that_does_not_exist_fails_to_start(
         await worker.start()
     await worker.aclose()
     assert caught.value.status == 404
+
+
+async def test_the_operator_places_models_not_the_workers_clients(
+    kube: KubeClient, kube_apiserver: KubeApiServer, kube_namespace: str
+) -> None:
+    await make_pod(kube, kube_namespace, "w-1", "tone")
+    async with Worker(config(kube_apiserver, kube_namespace, "w-1")) as worker:
+        await until(lambda: worker.manager.resident_ids() == ["tone"], "tone resident")
+        client = TtsClient(f"127.0.0.1:{worker.port}", "test-client")
+        try:
+            # A catalog model outside the Pod's set: neither loaded nor started a session on.
+            for call in (
+                client.load_model("pico-en"),
+                client.load_model("pico-en", preload_only=True),
+                client.start_session("s-1", "pico-en"),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call
+                assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert "not in this worker's model set (it holds: tone)" in (
+                    refused.value.details() or ""
+                )
+            assert worker.manager.resident_ids() == ["tone"]
+            assert await client.load_model("tone") == 0  # in the set: "already loaded"
+
+            # Unloaded by a client while the set still names it: loaded again.
+            await client.unload_model("tone")
+            await until(lambda: worker.manager.resident_ids() == ["tone"], "tone back")
+            # Out of the set, then it goes for good.
+            await annotate(kube, kube_namespace, "w-1", **{MODEL_SET_ANNOTATION: ""})
+            await until(lambda: worker.manager.resident_ids() == [], "the set emptied")
+            await asyncio.sleep(0.3)
+            assert worker.manager.resident_ids() == []
+        finally:
+            await client.aclose()
+
+
+async def test_a_kube_worker_lists_its_sessions_for_the_operator(
+    kube: KubeClient, kube_apiserver: KubeApiServer, kube_namespace: str
+) -> None:
+    await make_pod(kube, kube_namespace, "w-2", "tone")
+    async with Worker(config(kube_apiserver, kube_namespace, "w-2")) as worker:
+        await until(lambda: worker.manager.resident_ids() == ["tone"], "tone resident")
+        client = TtsClient(f"127.0.0.1:{worker.port}", "test-client")
+        try:
+            session_id = session_id_for("call-1", "a1b2")
+            await client.start_session(session_id, "tone")
+            assert worker.record().session_ids == [session_id]
+            assert voice_session_of(worker.record().session_ids[0]) == "call-1"
+            await client.end_session(session_id)
+            assert worker.record().session_ids == []
+        finally:
+            await client.aclose()

@@ -187,7 +187,7 @@ async def test_an_exec_plugin_runs_once_until_its_token_is_due(tmp_path: Path) -
         assert (await client.credentials()).authorization == "Bearer one"
         assert len(calls.read_text().splitlines()) == 1
         # What the plugin is told: the ExecCredential request of client-go.
-        info = json.loads(calls.read_text().splitlines()[0])
+        info = json.loads(calls.read_text().splitlines()[0])["exec_info"]
         assert (info["kind"], info["apiVersion"]) == (
             "ExecCredential",
             "client.authentication.k8s.io/v1",

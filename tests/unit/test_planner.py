@@ -19,11 +19,14 @@ from duplex_operator.config import GPU_RESOURCE, OperatorConfig, WorkerPool
 from duplex_operator.planner import EMPTY_POD_GRACE_SECONDS, Event, Plan, Planner, World
 from duplex_operator.pods import GPU_TOLERATION, model_set_metadata, worker_pod
 from duplex_operator.resources import (
+    ANNOTATION_BUDGET,
     API_VERSION,
+    ENTRY_LIMIT,
     MODEL_ADDED,
     MODEL_SET,
     MODEL_SPECS,
     POOL_LABEL,
+    InvalidObject,
     TtsModel,
     VoiceSession,
     WorkerPod,
@@ -886,3 +889,302 @@ def test_worker_image_overrides_every_pools_image() -> None:
         assert pod["spec"]["containers"][0]["image"] == "registry.example/duplex:dev"
     pod = worker_pod(OperatorConfig(pools=[CPU]), CPU, "w", [], {})
     assert pod["spec"]["containers"][0]["image"] == CPU.image
+
+
+# -- scaling on demand -------------------------------------------------------------------------
+
+# Two sessions per Pod is the target, three the limit.
+SCALING = CPU.model_copy(update={"max_sessions_per_pod": 2, "max_sessions": 3, "max_pods": 3})
+
+
+def sessions_for(model_id: str, count: int, *, start: int = 0) -> list[VoiceSession]:
+    return [
+        voice_session(f"call-{i}", model_id, created=NOW - 100 + i)
+        for i in range(start, start + count)
+    ]
+
+
+def bound_to(plan: Plan) -> dict[str, str | None]:
+    return {name: status.get("worker") for name, status in plan.session_status.items()}
+
+
+@pytest.mark.parametrize(
+    ("sessions", "pods", "bound"),
+    [
+        # Up to the target on the one Pod: no scale-out.
+        (1, [cpu_pod(0)], {cpu_pod(0): 1}),
+        (2, [cpu_pod(0)], {cpu_pod(0): 2}),
+        # The third session goes over the target (the model is resident there, a new Pod is
+        # not), and a second Pod is made for the next ones.
+        (3, [cpu_pod(0), cpu_pod(1)], {cpu_pod(0): 3}),
+        # The fourth is past the limit of the first Pod: it waits on the new one.
+        (4, [cpu_pod(0), cpu_pod(1)], {cpu_pod(0): 3, cpu_pod(1): 1}),
+    ],
+)
+def test_sessions_past_the_target_add_a_pod(
+    sessions: int, pods: list[str], bound: dict[str, int]
+) -> None:
+    model = tts_model("pico-en")
+    w = world(
+        [model],
+        sessions_for("pico-en", sessions),
+        [worker(cpu_pod(0), model)],
+        [record(cpu_pod(0), resident=["pico-en"])],
+    )
+    plan = planner(SCALING).plan(w)
+
+    holders = [cpu_pod(0), *created(plan)]
+    assert holders == pods
+    for name, pod in created(plan).items():
+        assert model_set_of(pod) == "pico-en", name
+    counts: dict[str, int] = {}
+    for worker_name in bound_to(plan).values():
+        assert worker_name is not None
+        counts[worker_name] = counts.get(worker_name, 0) + 1
+    assert counts == bound
+
+
+def test_scaling_out_prefers_an_existing_pod_with_room() -> None:
+    busy, other = tts_model("busy"), tts_model("other")
+    w = world(
+        [busy, other],
+        sessions_for("busy", 3),
+        [worker(cpu_pod(0), busy), worker(cpu_pod(1), other)],
+        [record(cpu_pod(0), resident=["busy"]), record(cpu_pod(1), resident=["other"])],
+    )
+    plan = planner(SCALING).plan(w)
+
+    assert plan.create_pods == []
+    assert evicted(plan) == {cpu_pod(1): "other,busy"}  # the model joins the Pod with room
+    assert set(bound_to(plan).values()) == {cpu_pod(0)}  # resident there, below its limit
+
+
+def test_a_full_pool_leaves_sessions_past_every_limit_pending() -> None:
+    pool = SCALING.model_copy(update={"max_pods": 1})
+    model = tts_model("pico-en")
+    w = world(
+        [model],
+        sessions_for("pico-en", 4),
+        [worker(cpu_pod(0), model)],
+        [record(cpu_pod(0), resident=["pico-en"])],
+    )
+    plan = planner(pool).plan(w)
+
+    phases = [plan.session_status[f"call-{i}"]["phase"] for i in range(4)]
+    assert phases == ["Bound", "Bound", "Bound", "Pending"]
+    assert cond(plan.session_status["call-3"], "Bound")["reason"] == "NoCapacity"
+
+
+def test_a_scaled_out_pod_settles_and_takes_the_next_sessions() -> None:
+    model = tts_model("pico-en")
+    p = planner(SCALING)
+    w = world(
+        [model],
+        sessions_for("pico-en", 3),
+        [worker(cpu_pod(0), model)],
+        [record(cpu_pod(0), resident=["pico-en"])],
+    )
+    w = apply(w, p.plan(w), now=NOW + 1)
+    assert [pod.name for pod in w.pods] == [cpu_pod(0), cpu_pod(1)]
+    w.records[cpu_pod(1)] = record(cpu_pod(1), resident=["pico-en"])
+    first = p.plan(w)
+    assert first.create_pods == [] and first.patch_pods == {}
+    w = apply(w, first, now=NOW + 2)
+    assert_settled(p, w)
+    # A new conversation goes to the new Pod, where there is room below the target.
+    w.sessions.append(voice_session("late", "pico-en", created=NOW + 2))
+    assert bound_to(p.plan(w)) == {"late": cpu_pod(1)}
+
+
+def test_the_extra_copy_is_evicted_once_idle_and_its_pod_removed() -> None:
+    model = tts_model("pico-en", ttl_seconds=60, min_residency_seconds=0)
+    pods = [worker(cpu_pod(0), model), worker(cpu_pod(1), model, added=NOW - 1000)]
+    records = [
+        record(cpu_pod(0), resident=["pico-en"], last_used={"pico-en": NOW - 10}),
+        record(cpu_pod(1), resident=["pico-en"], last_used={"pico-en": NOW - 100}),
+    ]
+    p = planner(SCALING, started_at=NOW - HOUR)
+    w = world([model], [], pods, records)
+    plan = p.plan(w)
+    # Idle past its TTL on cpu-1; the copy on cpu-0 was used 10 s ago and stays.
+    assert evicted(plan) == {cpu_pod(1): ""}
+    w = apply(w, plan, now=NOW + 1)
+    w.records[cpu_pod(1)] = record(cpu_pod(1), model_set=[])
+    w.now = NOW + SCALING.scale_down_seconds
+    assert p.plan(w).delete_pods == [cpu_pod(1)]
+
+
+@pytest.mark.parametrize("target", [1, 2, 5])
+@pytest.mark.parametrize("count", [0, 1, 4, 9])
+def test_no_pod_serves_more_than_its_limit_and_the_pool_grows_with_demand(
+    target: int, count: int
+) -> None:
+    pool = CPU.model_copy(
+        update={"max_sessions_per_pod": target, "max_sessions": target + 1, "max_pods": 10}
+    )
+    model = tts_model("pico-en", min_resident=1)
+    p = planner(pool)
+    w = world([model], sessions_for("pico-en", count))
+    # Play passes to the end, with every placed model resident at once.
+    for step in range(12):
+        plan = p.plan(w)
+        w = apply(w, plan, now=NOW + step + 1)
+        w.records = {
+            pod.name: record(pod.name, resident=pod.model_set) for pod in w.pods if not pod.deleting
+        }
+        if plan.empty:
+            break
+    assert_settled(p, w)
+    load: dict[str, int] = {}
+    for session in w.sessions:
+        assert session.phase == "Bound", session
+        load[session.worker or ""] = load.get(session.worker or "", 0) + 1
+    assert all(n <= pool.max_sessions for n in load.values())
+    pods = [pod for pod in w.pods if not pod.deleting]
+    # Enough Pods for the demand at the target, never more than one beyond.
+    assert len(pods) >= -(-count // pool.max_sessions)
+    assert len(pods) <= max(1, -(-count // target) + 1)
+
+
+# -- nothing stalls the rest -------------------------------------------------------------------
+
+
+def test_a_catalog_entry_too_large_for_an_annotation_is_a_condition() -> None:
+    huge = tts_model("huge", min_resident=1)
+    huge.entry["description"] = "\u2603" * (ENTRY_LIMIT // 3)  # escaped: 6 bytes a character
+    fine = tts_model("fine", min_resident=1)
+    plan = planner().plan(world([huge, fine], [voice_session("call", "huge")]))
+
+    assert {n: model_set_of(p) for n, p in created(plan).items()} == {cpu_pod(0): "fine"}
+    ready = cond(plan.model_status["huge"], "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "SpecTooLarge")
+    assert "KiB" in ready["message"] and "options, voices or description" in ready["message"]
+    assert cond(plan.session_status["call"], "Bound")["reason"] == "SpecTooLarge"
+    warnings = [e for e in plan.events if e.reason == "SpecTooLarge"]
+    assert [(e.name, e.type) for e in warnings] == [("huge", "Warning")]
+
+
+def test_a_spec_that_grew_too_large_leaves_the_sets_it_was_in() -> None:
+    model = tts_model("grew")
+    pod = worker(cpu_pod(0), model)
+    model.entry["options"] = {"k": "\u2603" * (ENTRY_LIMIT // 3)}
+    plan = planner(KEEP_ONE).plan(world([model], pods=[pod]))
+    assert evicted(plan) == {cpu_pod(0): ""}
+
+
+def test_models_spill_to_another_pod_when_annotations_would_overflow() -> None:
+    # Four entries of about a quarter of the budget each do not fit one Pod's annotations,
+    # although their memory would.
+    models = [tts_model(f"m{i}", min_resident=1, created=NOW - 10 + i) for i in range(4)]
+    for model in models:
+        model.entry["description"] = "d" * (ANNOTATION_BUDGET // 4 - 100)
+    plan = planner().plan(world(models))
+    sets = {n: model_set_of(p) for n, p in created(plan).items()}
+    assert sets == {cpu_pod(0): "m0,m1,m2", cpu_pod(1): "m3"}
+    for pod in plan.create_pods:
+        size = sum(len(k) + len(v) for k, v in pod["metadata"]["annotations"].items())
+        assert size <= ANNOTATION_BUDGET
+
+
+def test_a_refused_pod_is_a_condition_and_retried_after_a_backoff() -> None:
+    model = tts_model("pico-en", min_resident=1)
+    p = planner()
+    assert list(created(p.plan(world([model])))) == [cpu_pod(0)]
+    p.pod_create_failed("cpu", "pods is forbidden: violates PodSecurity", NOW)
+    plan = p.plan(world([model], now=NOW + 1))
+    assert plan.create_pods == []
+    ready = cond(plan.model_status["pico-en"], "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "PodCreateFailed")
+    assert "violates PodSecurity" in ready["message"]
+    assert [e.reason for e in plan.events if e.type == "Warning"] == ["PodCreateFailed"]
+    # Tried again after the backoff; the delay doubles on each refusal.
+    assert list(created(p.plan(world([model], now=NOW + 6)))) == [cpu_pod(0)]
+    p.pod_create_failed("cpu", "again", NOW + 6)
+    assert p.plan(world([model], now=NOW + 15)).create_pods == []
+    assert list(created(p.plan(world([model], now=NOW + 16)))) == [cpu_pod(0)]
+    p.pod_created("cpu")
+    assert p.create_failures == {}
+
+
+def outage(w: World) -> World:
+    return replace(w, records={}, redis_error="Redis at redis://r:6379/0 is unavailable")
+
+
+def test_a_redis_outage_keeps_what_needs_no_redis_going() -> None:
+    model = tts_model("pico-en", min_resident=1)
+    new = tts_model("pico-de", min_resident=1)
+    overdue = voice_session("overdue", "pico-en", created=NOW - 100, max_duration_seconds=60)
+    waiting = voice_session("waiting", "pico-de")
+    pool = CPU.model_copy(update={"memory_mib": 10})  # one model per Pod
+    w = outage(world([model, new], [overdue, waiting], [worker(cpu_pod(0), model)]))
+    plan = planner(pool).plan(w)
+
+    assert plan.session_status["overdue"]["phase"] == "Ended"
+    assert {n: model_set_of(p) for n, p in created(plan).items()} == {cpu_pod(1): "pico-de"}
+    assert bound_to(plan)["waiting"] == cpu_pod(1)
+    resident = cond(plan.model_status["pico-en"], "Resident")
+    assert (resident["status"], resident["reason"]) == ("Unknown", "RedisUnavailable")
+    assert "redis://r:6379/0" in resident["message"]
+
+
+def test_a_redis_outage_evicts_nothing_removes_no_pod_and_keeps_what_was_seen() -> None:
+    model = tts_model("pico-de")
+    p = planner()
+    w = idle_world(model)
+    active = {"phase": "Active", "worker": cpu_pod(1), "workerAddr": "10.1.1.1:50051"}
+    w.models[0] = replace(
+        model, status={"residentOn": [cpu_pod(0)], "lastUsedTime": format_time(NOW - 700)}
+    )
+    bound_model = tts_model("bound")
+    w.models.append(bound_model)
+    w.pods.append(worker(cpu_pod(1), bound_model))
+    w.sessions.append(voice_session("talking", "bound", status=active))
+    plan = p.plan(outage(w))
+
+    assert evicted(plan) == {} and plan.delete_pods == []
+    assert plan.model_status["pico-de"]["residentOn"] == [cpu_pod(0)]
+    assert plan.model_status["pico-de"]["lastUsedTime"] == format_time(NOW - 700)
+    talking = plan.session_status["talking"]
+    assert (talking["phase"], talking["workerAddr"]) == ("Active", "10.1.1.1:50051")
+
+
+def test_after_an_outage_statuses_follow_redis_again_and_settle() -> None:
+    model = tts_model("pico-en", min_resident=1)
+    p = planner()
+    w = world([model], pods=[worker(cpu_pod(0), model)], records=[record(cpu_pod(0))])
+    w.records[cpu_pod(0)] = record(cpu_pod(0), resident=["pico-en"])
+    w = apply(w, p.plan(w), now=NOW + 1)
+    assert_settled(p, w)
+    down = apply(outage(w), p.plan(outage(w)), now=NOW + 2)
+    assert_settled(p, outage(down))
+    up = replace(down, records=w.records, redis_error=None)
+    again = p.plan(up)
+    assert cond(again.model_status["pico-en"], "Resident")["status"] == "True"
+    assert_settled(p, apply(up, again, now=NOW + 3))
+
+
+def test_an_object_that_cannot_be_read_gets_a_condition_once() -> None:
+    bad_model = InvalidObject("TTSModel", "broken", "uid-b", 2, {}, "the spec cannot be read: x")
+    bad_session = InvalidObject("VoiceSession", "odd", "uid-o", 1, {}, "the spec cannot be read: y")
+    w = world([tts_model("pico-en", min_resident=1)])
+    w.invalid = [bad_model, bad_session]
+    p = planner()
+    plan = p.plan(w)
+
+    ready = cond(plan.model_status["broken"], "Ready")
+    assert (ready["status"], ready["reason"], ready["message"]) == (
+        "False",
+        "InvalidSpec",
+        "the spec cannot be read: x",
+    )
+    assert plan.session_status["odd"]["phase"] == "Pending"
+    assert cond(plan.session_status["odd"], "Bound")["reason"] == "InvalidSpec"
+    assert sorted(e.name for e in plan.events if e.reason == "InvalidSpec") == ["broken", "odd"]
+    assert list(created(plan)) == [cpu_pod(0)]  # the rest of the pass went on
+    # Written once: the next pass sees the condition and writes nothing more for them.
+    w.invalid = [
+        replace(bad_model, status=plan.model_status["broken"]),
+        replace(bad_session, status=plan.session_status["odd"]),
+    ]
+    again = p.plan(apply(w, plan, now=NOW + 1))
+    assert "broken" not in again.model_status and "odd" not in again.session_status
