@@ -9,246 +9,28 @@ they would on EKS or GKE; the apiserver's audit log tells which process wrote wh
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
-import yaml
 
-from duplex.discovery import WorkerRecord, worker_key
-from duplex.kube import KubeClient
 from duplex_operator.devcluster import PLUGIN_USER, KubeApiServer
-from duplex_operator.devkubelet import DevKubelet
-from duplex_operator.resources import MODEL_SET, WORKER_SELECTOR, parse_time
+from duplex_operator.resources import MODEL_SET
 from tests.conftest import RedisServer
-from tests.kubeconfigs import exec_kubeconfig
-
-T = TypeVar("T")
-
-GROUP_PATH = "/apis/duplex.dev/v1alpha1/namespaces"
-
-
-class OperatorProcess:
-    """`duplex operator` as its own process, so a test can kill it like a crashed pod."""
-
-    def __init__(self, config: Path, kubeconfig: Path, log: Path) -> None:
-        self.argv = [
-            sys.executable,
-            "-m",
-            "duplex.cli",
-            "operator",
-            "--config",
-            str(config),
-            "--kubeconfig",
-            str(kubeconfig),
-        ]
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
-
-
-class Cluster:
-    def __init__(
-        self,
-        api: KubeApiServer,
-        client: KubeClient,
-        namespace: str,
-        redis_url: str,
-        operators: list[OperatorProcess],
-        kubelet: DevKubelet,
-        calls: Path,
-    ) -> None:
-        self.api = api
-        self.calls = calls
-        self.client = client
-        self.ns = namespace
-        self.redis = aioredis.from_url(redis_url)
-        self.operators = operators
-        self.kubelet = kubelet
-
-    @property
-    def operator(self) -> OperatorProcess:
-        return self.operators[0]
-
-    def path(self, plural: str, name: str | None = None) -> str:
-        base = f"{GROUP_PATH}/{self.ns}/{plural}"
-        return f"{base}/{name}" if name else base
-
-    async def apply(self, kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        obj = {
-            "apiVersion": "duplex.dev/v1alpha1",
-            "kind": kind,
-            "metadata": {"name": name},
-            "spec": spec,
-        }
-        return await self.client.create_object(obj, namespace=self.ns)
-
-    async def get(self, plural: str, name: str) -> dict[str, Any]:
-        return await self.client.get(self.path(plural, name))
-
-    async def pods(self) -> list[dict[str, Any]]:
-        listing = await self.client.list(
-            f"/api/v1/namespaces/{self.ns}/pods", label_selector=WORKER_SELECTOR
-        )
-        items: list[dict[str, Any]] = listing["items"]
-        return items
-
-    async def record(self, worker: str) -> WorkerRecord | None:
-        raw = await self.redis.get(worker_key(worker))
-        return WorkerRecord.from_json(raw) if raw else None
-
-    async def events(self, reason: str) -> list[dict[str, Any]]:
-        listing = await self.client.list(f"/api/v1/namespaces/{self.ns}/events")
-        return [e for e in listing["items"] if e.get("reason") == reason]
-
-    async def lease_holder(self) -> str | None:
-        path = f"/apis/coordination.k8s.io/v1/namespaces/{self.ns}/leases/duplex-operator"
-        answer = await self.client.request_raw("GET", path)
-        if answer.status != 200:
-            return None
-        holder = (answer.json().get("spec") or {}).get("holderIdentity")
-        return str(holder) if holder else None
-
-    def plugin_calls(self) -> list[str]:
-        return self.calls.read_text().splitlines() if self.calls.exists() else []
-
-    def writes(self, *, since: float = 0.0) -> list[dict[str, Any]]:
-        """The operators' writes in this namespace (from the apiserver's audit log)."""
-        return [
-            event
-            for event in self.api.writes()
-            if event.get("userAgent", "").startswith("duplex-operator/")
-            and (event.get("objectRef") or {}).get("namespace") == self.ns
-            and (parse_time(event["stageTimestamp"]) or 0.0) >= since
-        ]
-
-    async def eventually(
-        self, probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 60.0
-    ) -> T:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = await probe()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                logs = "\n".join(
-                    f"--- {name}\n{self.kubelet.log_tail(name)}" for name in self.kubelet.started
-                )
-                operators = "\n".join(f"--- operator\n{o.tail()}" for o in self.operators)
-                raise AssertionError(f"timed out waiting for {what}\n{operators}\n{logs}")
-            await asyncio.sleep(0.2)
-
-    async def condition(self, plural: str, name: str, kind: str) -> dict[str, Any] | None:
-        obj = await self.get(plural, name)
-        for cond in (obj.get("status") or {}).get("conditions") or []:
-            if cond["type"] == kind:
-                return dict(cond)
-        return None
-
-    async def resident_on(self, worker: str, model_id: str) -> bool:
-        record = await self.record(worker)
-        return record is not None and model_id in record.resident_models
-
-
-# A short lease keeps a restarted operator's wait short; the takeover test uses the default.
-FAST_LEASE = {"lease_seconds": 3, "renew_seconds": 2, "retry_seconds": 0.5}
-
-
-def _write_config(path: Path, namespace: str, redis_url: str, **overrides: Any) -> Path:
-    config: dict[str, Any] = {
-        "namespace": namespace,
-        "redis": redis_url,
-        "resync_seconds": 0.5,
-        "leader_election": FAST_LEASE,
-        "pools": [
-            {
-                "name": "cpu",
-                "min_pods": 0,
-                "max_pods": 2,
-                "memory_mib": 100,
-                "image": "duplex:test",
-                "resources": {
-                    "requests": {"cpu": "500m", "memory": "512Mi"},
-                    "limits": {"memory": "1Gi"},
-                },
-                "args": ["--test-models"],
-            },
-            {
-                "name": "gpu",
-                "gpu": True,
-                "min_pods": 0,
-                "max_pods": 1,
-                "memory_mib": 8000,
-                "node_selector": {"nvidia.com/gpu.present": "true"},
-            },
-        ],
-        **overrides,
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-@contextlib.asynccontextmanager
-async def running_cluster(
-    api: KubeApiServer,
-    namespace: str,
-    redis_url: str,
-    directory: Path,
-    *,
-    operators: int = 1,
-    **config: Any,
-) -> AsyncIterator[Cluster]:
-    """Operators and their worker Pods' processes, all with a plugin-only kubeconfig."""
-    kubeconfig, calls = exec_kubeconfig(api, directory)
-    path = _write_config(directory / "operator.yaml", namespace, redis_url, **config)
-    processes = [
-        OperatorProcess(path, kubeconfig, directory / f"operator-{i}.log") for i in range(operators)
-    ]
-    client = KubeClient.load(api.kubeconfig)
-    kubelet = DevKubelet(
-        client, namespace, kubeconfig, directory / "pods", env={"PYTHONUNBUFFERED": "1"}
-    )
-    cluster = Cluster(api, client, namespace, redis_url, processes, kubelet, calls)
-    try:
-        for process in processes:
-            process.start()
-        await kubelet.start()
-        yield cluster
-    finally:
-        for process in processes:
-            process.stop()
-        await kubelet.aclose()
-        await cluster.redis.aclose()
-        await client.aclose()
+from tests.kube_cluster import (
+    Cluster,
+    cond_of,
+    in_phase,
+    model_spec,
+    running_cluster,
+    when_false,
+    when_true,
+    when_unknown,
+)
 
 
 @pytest.fixture
@@ -262,19 +44,6 @@ async def cluster(
         kube_apiserver, kube_namespace, redis_server.url, tmp_path
     ) as running:
         yield running
-
-
-def big(model_id: str) -> dict[str, Any]:
-    return {**model_spec(model_id, minResident=1), "resources": {"memoryMiB": 60}}
-
-
-def model_spec(model_id: str, family: str = "pico", **extra: Any) -> dict[str, Any]:
-    return {
-        "modelId": model_id,
-        "family": family,
-        "resources": {"memoryMiB": 10},
-        **extra,
-    }
 
 
 async def test_models_are_placed_loaded_bound_and_evicted(cluster: Cluster) -> None:
@@ -303,7 +72,7 @@ async def test_models_are_placed_loaded_bound_and_evicted(cluster: Cluster) -> N
     # The real worker process loads it and says so in Redis; the status follows.
     await cluster.eventually(lambda: cluster.resident_on(name, "pico-en"), "pico-en resident")
     resident = await cluster.eventually(
-        lambda: _true(cluster.condition("ttsmodels", "pico-en", "Resident")), "Resident=True"
+        lambda: when_true(cluster.condition("ttsmodels", "pico-en", "Resident")), "Resident=True"
     )
     assert resident["reason"] == "Loaded"
     status = (await cluster.get("ttsmodels", "pico-en"))["status"]
@@ -318,13 +87,13 @@ async def test_models_are_placed_loaded_bound_and_evicted(cluster: Cluster) -> N
     )
     await cluster.apply("VoiceSession", "call-1", {"modelId": "pico-de", "room": "room-1"})
     session = await cluster.eventually(
-        lambda: _phase(cluster, "call-1", "Bound"), "the session to be Bound"
+        lambda: in_phase(cluster, "call-1", "Bound"), "the session to be Bound"
     )
     assert session["status"]["worker"] == name
     assert session["status"]["workerAddr"].startswith("127.0.0.1:")
     await cluster.eventually(lambda: cluster.resident_on(name, "pico-de"), "pico-de resident")
     await cluster.eventually(
-        lambda: _true(cluster.condition("voicesessions", "call-1", "Ready")), "session Ready"
+        lambda: when_true(cluster.condition("voicesessions", "call-1", "Ready")), "session Ready"
     )
     assert len(await cluster.pods()) == 1
 
@@ -347,7 +116,7 @@ async def test_models_are_placed_loaded_bound_and_evicted(cluster: Cluster) -> N
     evicted = await cluster.eventually(lambda: cluster.events("Evicted"), "an Evicted event")
     assert evicted[0]["involvedObject"]["name"] == "pico-de"
     resident = await cluster.eventually(
-        lambda: _false(cluster.condition("ttsmodels", "pico-de", "Resident")), "Resident=False"
+        lambda: when_false(cluster.condition("ttsmodels", "pico-de", "Resident")), "Resident=False"
     )
 
     # Only the plugin authenticated the operator and the worker: the operator's writes are the
@@ -368,13 +137,13 @@ async def test_a_model_the_worker_cannot_load_fails_with_the_workers_error(
     )
     await cluster.apply("VoiceSession", "call-2", {"modelId": "broken", "room": "room-2"})
     ready = await cluster.eventually(
-        lambda: _false(cluster.condition("ttsmodels", "broken", "Ready")), "Ready=False"
+        lambda: when_false(cluster.condition("ttsmodels", "broken", "Ready")), "Ready=False"
     )
     assert ready["reason"] == "LoadFailed"
     assert "/nonexistent/voice.onnx" in ready["message"]
     assert "duplex-worker-cpu-0" in ready["message"]
     session = await cluster.eventually(
-        lambda: _phase(cluster, "call-2", "Failed"), "the session to fail"
+        lambda: in_phase(cluster, "call-2", "Failed"), "the session to fail"
     )
     assert "/nonexistent/voice.onnx" in session["status"]["conditions"][0]["message"]
     assert await cluster.events("LoadFailed")
@@ -388,7 +157,7 @@ async def test_a_model_the_worker_cannot_load_fails_with_the_workers_error(
 async def test_restarting_the_operator_keeps_pods_and_statuses(cluster: Cluster) -> None:
     await cluster.apply("TTSModel", "pico-en", model_spec("pico-en", minResident=1))
     resident = await cluster.eventually(
-        lambda: _true(cluster.condition("ttsmodels", "pico-en", "Resident")), "Resident=True"
+        lambda: when_true(cluster.condition("ttsmodels", "pico-en", "Resident")), "Resident=True"
     )
     # Kill it mid-reconcile: right after a burst of changes it must react to.
     await cluster.apply("TTSModel", "pico-fr", model_spec("pico-fr", minResident=1))
@@ -398,7 +167,7 @@ async def test_restarting_the_operator_keeps_pods_and_statuses(cluster: Cluster)
     cluster.operator.start()
     for model in ("pico-fr", "pico-es"):
         await cluster.eventually(
-            lambda model=model: _true(cluster.condition("ttsmodels", model, "Resident")),
+            lambda model=model: when_true(cluster.condition("ttsmodels", model, "Resident")),
             f"{model} Resident",
         )
     pods = await cluster.pods()
@@ -439,7 +208,7 @@ async def test_placement_spreads_by_memory_and_gpu_models_go_to_gpu_pods(
         {**model_spec("pico-de", minResident=1), "resources": {"memoryMiB": 60}},
     )
     ready = await cluster.eventually(
-        lambda: _false(cluster.condition("ttsmodels", "pico-de", "Ready")), "Ready=False"
+        lambda: when_false(cluster.condition("ttsmodels", "pico-de", "Ready")), "Ready=False"
     )
     assert ready["reason"] == "NoCapacity"
     assert "full" in ready["message"]
@@ -465,21 +234,6 @@ async def test_placement_spreads_by_memory_and_gpu_models_go_to_gpu_pods(
         "tolerations"
     ]
     assert pod["metadata"]["annotations"][MODEL_SET] == "pico-gb"
-
-
-async def _true(probe: Awaitable[dict[str, Any] | None]) -> dict[str, Any] | None:
-    cond = await probe
-    return cond if cond is not None and cond["status"] == "True" else None
-
-
-async def _false(probe: Awaitable[dict[str, Any] | None]) -> dict[str, Any] | None:
-    cond = await probe
-    return cond if cond is not None and cond["status"] == "False" else None
-
-
-async def _phase(cluster: Cluster, name: str, phase: str) -> dict[str, Any] | None:
-    obj = await cluster.get("voicesessions", name)
-    return obj if (obj.get("status") or {}).get("phase") == phase else None
 
 
 IDENTITY = re.compile(r"^duplex-operator/\S+ \((?P<identity>.+)\)$")
@@ -513,7 +267,7 @@ async def test_of_two_operators_one_acts_and_the_other_takes_over_within_15_s(
         holder = await cluster.eventually(cluster.lease_holder, "a lease holder", 30)
         await cluster.apply("TTSModel", "pico-en", model_spec("pico-en", minResident=1))
         await cluster.eventually(
-            lambda: _true(cluster.condition("ttsmodels", "pico-en", "Resident")), "Resident"
+            lambda: when_true(cluster.condition("ttsmodels", "pico-en", "Resident")), "Resident"
         )
         # Both ran all along; the one holding the lease made every write.
         assert writers(cluster.writes()) == {holder}
@@ -531,7 +285,7 @@ async def test_of_two_operators_one_acts_and_the_other_takes_over_within_15_s(
         successor = await cluster.eventually(new_holder, "another lease holder", 30)
         takeover = time.time() - killed_at
         await cluster.eventually(
-            lambda: _true(cluster.condition("ttsmodels", "pico-de", "Resident")), "Resident"
+            lambda: when_true(cluster.condition("ttsmodels", "pico-de", "Resident")), "Resident"
         )
         acted = time.time() - killed_at
         assert successor in standby.log.read_text()
@@ -562,12 +316,12 @@ async def test_a_pod_the_api_server_refuses_does_not_stall_the_rest(
         await cluster.apply("TTSModel", "big", gpu)
         await cluster.apply("TTSModel", "pico-en", model_spec("pico-en", minResident=1))
         ready = await cluster.eventually(
-            lambda: _false(cluster.condition("ttsmodels", "big", "Ready")), "big Ready=False"
+            lambda: when_false(cluster.condition("ttsmodels", "big", "Ready")), "big Ready=False"
         )
         assert ready["reason"] == "PodCreateFailed"
         assert "must be less than or equal to memory limit" in ready["message"]
         await cluster.eventually(
-            lambda: _true(cluster.condition("ttsmodels", "pico-en", "Resident")),
+            lambda: when_true(cluster.condition("ttsmodels", "pico-en", "Resident")),
             "the CPU model Resident all the same",
         )
         [warning] = await cluster.eventually(
@@ -585,11 +339,11 @@ async def test_a_redis_outage_stops_only_what_needs_redis(
         async with running_cluster(kube_apiserver, kube_namespace, redis.url, tmp_path) as cluster:
             await cluster.apply("TTSModel", "pico-en", model_spec("pico-en", minResident=1))
             await cluster.eventually(
-                lambda: _true(cluster.condition("ttsmodels", "pico-en", "Resident")), "Resident"
+                lambda: when_true(cluster.condition("ttsmodels", "pico-en", "Resident")), "Resident"
             )
             redis.stop()
             unknown = await cluster.eventually(
-                lambda: _unknown(cluster.condition("ttsmodels", "pico-en", "Resident")),
+                lambda: when_unknown(cluster.condition("ttsmodels", "pico-en", "Resident")),
                 "Resident=Unknown",
             )
             assert unknown["reason"] == "RedisUnavailable"
@@ -598,7 +352,7 @@ async def test_a_redis_outage_stops_only_what_needs_redis(
             session = {"modelId": "pico-en", "room": "r", "maxDurationSeconds": 2}
             await cluster.apply("VoiceSession", "short", session)
             ended = await cluster.eventually(
-                lambda: _phase(cluster, "short", "Ended"), "the session Ended"
+                lambda: in_phase(cluster, "short", "Ended"), "the session Ended"
             )
             assert cond_of(ended, "Ready")["reason"] == "MaxDuration"
             spec = {**model_spec("big", minResident=1), "resources": {"memoryMiB": 95}}
@@ -611,7 +365,7 @@ async def test_a_redis_outage_stops_only_what_needs_redis(
             # Back: residency is known again.
             redis = RedisServer(port=redis.port)
             await cluster.eventually(
-                lambda: _true(cluster.condition("ttsmodels", "pico-en", "Resident")),
+                lambda: when_true(cluster.condition("ttsmodels", "pico-en", "Resident")),
                 "Resident again",
             )
     finally:
@@ -635,7 +389,7 @@ async def test_sessions_beyond_max_sessions_per_pod_scale_the_pool_out(
         await cluster.apply("TTSModel", "pico-en", model_spec("pico-en", minResident=1))
         for name in ("first", "second"):
             await cluster.apply("VoiceSession", name, {"modelId": "pico-en", "room": name})
-            await cluster.eventually(lambda name=name: _phase(cluster, name, "Bound"), name)
+            await cluster.eventually(lambda name=name: in_phase(cluster, name, "Bound"), name)
         # Past its target the first Pod still takes the second session (the model is loaded
         # there), and the model goes to a second Pod for the next.
         holders = {
@@ -646,15 +400,5 @@ async def test_sessions_beyond_max_sessions_per_pod_scale_the_pool_out(
             lambda: cluster.resident_on("duplex-worker-cpu-1", "pico-en"), "a second copy"
         )
         await cluster.apply("VoiceSession", "third", {"modelId": "pico-en", "room": "third"})
-        third = await cluster.eventually(lambda: _phase(cluster, "third", "Bound"), "third")
+        third = await cluster.eventually(lambda: in_phase(cluster, "third", "Bound"), "third")
         assert third["status"]["worker"] == "duplex-worker-cpu-1"
-
-
-def cond_of(obj: dict[str, Any], kind: str) -> dict[str, Any]:
-    [found] = [c for c in obj["status"]["conditions"] if c["type"] == kind]
-    return dict(found)
-
-
-async def _unknown(probe: Awaitable[dict[str, Any] | None]) -> dict[str, Any] | None:
-    cond = await probe
-    return cond if cond is not None and cond["status"] == "Unknown" else None

@@ -28,6 +28,26 @@ class BargeInConfig(BaseModel):
     confirm_after_seconds: float = Field(1.0, gt=0)
 
 
+class KubeSettings(BaseModel):
+    """Kubernetes mode: a conversation that asks for a model claims it with a VoiceSession.
+
+    The operator then places the model and binds the session to a worker, and the conversation
+    moves there once the model is loaded; meanwhile it speaks with a model already resident,
+    and it never asks a worker to load one. Each VoiceSession is owned by this orchestrator's
+    Pod (the downward API's POD_NAME and POD_UID when unset here), so those of a Pod that goes
+    away are garbage-collected, and a restarted container deletes its predecessor's.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: str | None = None  # default: POD_NAMESPACE, else the kubeconfig's
+    pod_name: str | None = None
+    pod_uid: str | None = None
+    kubeconfig: str | None = None  # default: in-cluster
+    # A safety net for sessions nobody deletes; the conversation's end deletes its own.
+    max_duration_seconds: int = Field(86400, ge=1, le=86400)
+
+
 class OrchestratorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -64,3 +84,5 @@ class OrchestratorConfig(BaseModel):
     barge_in: BargeInConfig = BargeInConfig()
     # A LiveKit server for WebRTC clients (room tokens at /api/livekit/token); None: WebSocket.
     livekit: LiveKitConfig | None = None
+    # Kubernetes mode (see KubeSettings); None: models are loaded where the router asks.
+    kube: KubeSettings | None = None
