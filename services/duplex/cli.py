@@ -260,6 +260,12 @@ def cmd_bench_conversation(opts: argparse.Namespace) -> int:
     return asyncio.run(run_conversation_bench(opts))
 
 
+def cmd_bench_soak(opts: argparse.Namespace) -> int:
+    from duplex.bench.soak import run_soak_bench
+
+    return asyncio.run(run_soak_bench(opts))
+
+
 def cmd_bench_worker(opts: argparse.Namespace) -> int:
     from duplex.bench.worker import run_worker_bench
 
@@ -436,6 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--api-key", help="for a --url orchestrator that asks for one")
     bc.add_argument("--json", type=Path, help="also write the results as JSON")
     bc.set_defaults(func=cmd_bench_conversation)
+    bs = bench.add_parser("soak", help="conversations with interruptions for minutes")
+    bs.add_argument("--sessions", type=int, default=10, help="conversations at once")
+    bs.add_argument("--minutes", type=float, default=10.0, help="how long")
+    bs.add_argument("--url", help="soak a running orchestrator (ws://host:port/ws)")
+    bs.add_argument("--pid", type=int, help="its process, to watch its memory")
+    bs.add_argument("--model", default="piper-joe", help="TTS model for the replies")
+    bs.add_argument("--json", type=Path, help="also write the results as JSON")
+    bs.set_defaults(func=cmd_bench_soak)
     return parser
 
 

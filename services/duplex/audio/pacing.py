@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from duplex.audio.frame import FRAME_SECONDS
 
 
+_EPSILON = 1e-6  # sums of 20 ms steps drift by rounding; a microsecond is no gap
+
+
 @dataclass(frozen=True, slots=True)
 class Lateness:
     lateness: float  # seconds after its due time that the frame went out (>= 0)
@@ -45,7 +48,7 @@ class FramePacer:
         if self._start is None:  # the first frame starts the clock: it cannot be late
             self._start = self._next_play = at
         due = self.due(at)
-        underrun = at > self._next_play
+        underrun = at > self._next_play + _EPSILON
         if underrun:
             self._start = self._next_play = at
         self._next_play += FRAME_SECONDS

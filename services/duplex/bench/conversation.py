@@ -23,7 +23,7 @@ import json
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -304,8 +304,15 @@ def render_load(loads: list[Load]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Demo:
+    url: str  # ws://127.0.0.1:PORT/ws
+    pid: int
+
+
 @contextlib.contextmanager
-def _demo_process(model: str, livekit: bool) -> Any:
+def demo_process(model: str, livekit: bool) -> Iterator[Demo]:
+    """`duplex demo` in a process of its own, on a free port, until the block ends."""
     import subprocess
 
     with socket.socket() as s:
@@ -325,7 +332,7 @@ def _demo_process(model: str, livekit: bool) -> Any:
                 break
         else:
             raise RuntimeError(f"demo exited with {proc.wait()}")
-        yield f"ws://127.0.0.1:{port}/ws"
+        yield Demo(f"ws://127.0.0.1:{port}/ws", proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -377,7 +384,7 @@ async def run_conversation_bench(opts: argparse.Namespace) -> int:
         return await _run_load(opts, utt)
     results: dict[str, list[Series]] = {}
     with contextlib.ExitStack() as stack:
-        url = opts.url or stack.enter_context(_demo_process(opts.model, want_livekit))
+        url = opts.url or stack.enter_context(demo_process(opts.model, want_livekit)).url
         http = "http" + url.removeprefix("ws").removesuffix("/ws")
         connects: list[tuple[str, Connect]] = []
         if "websocket" in transports:
@@ -415,7 +422,7 @@ async def _run_load(opts: argparse.Namespace, utt: dict[str, list[bytes]]) -> in
     levels = [int(n) for n in opts.sessions.split(",") if n.strip()]
     loads = []
     with contextlib.ExitStack() as stack:
-        url = opts.url or stack.enter_context(_demo_process(opts.model, livekit=False))
+        url = opts.url or stack.enter_context(demo_process(opts.model, livekit=False)).url
         for n in levels:
             print(f"· {n} conversations at once", file=sys.stderr, flush=True)
             loads.append(await load(url, opts.model, utt, n, opts.questions, opts.api_key))

@@ -561,7 +561,15 @@ class ConversationSession:
         self._remember(reply, complete)
         if self._machine.state != State.LISTENING:
             self._machine.to(State.LISTENING)
-        self._out.send_event({"type": "reply", "text": reply.text.text, "final": True})
+        # `frames`: how many this reply sent, so that a client can tell whether it got them all.
+        self._out.send_event(
+            {
+                "type": "reply",
+                "text": reply.text.text,
+                "final": True,
+                "frames": reply.stats.frames_sent,
+            }
+        )
 
     def _remember(self, reply: Reply, complete: bool) -> None:
         """History keeps only what the user heard of the reply."""
@@ -585,4 +593,3 @@ def _result(task: asyncio.Task[Transcript]) -> Transcript:
     if task.cancelled() or task.exception() is not None:
         return Transcript()
     return task.result()
-
