@@ -28,6 +28,7 @@ from duplex.cli import build_parser
 from duplex.config import load_config
 from duplex.kube import KubeApiError, KubeClient
 from duplex.orchestrator.config import OrchestratorConfig
+from duplex.orchestrator.voice_sessions import VoiceSessions
 from duplex_operator.config import GPU_RESOURCE, OperatorConfig
 from duplex_operator.devcluster import KubeApiServer, locate_binaries
 from duplex_operator.devkubelet import DevKubelet
@@ -111,6 +112,10 @@ def operator_config(objects: Sequence[Obj], namespace: str, tmp_path: Path) -> O
     return load_config(
         OperatorConfig, path, env=pod_env(main, namespace), prefix="DUPLEX_OPERATOR_"
     )
+
+
+def secret_ref(var: Obj) -> bool:
+    return "secretKeyRef" in (var.get("valueFrom") or {})
 
 
 def pod_env(main: Obj, namespace: str) -> dict[str, str]:
@@ -293,7 +298,7 @@ def test_orchestrator_command_line_service_and_probes(helm: Path, tmp_path: Path
     assert annotations["prometheus.io/port"] == "9090"
     assert annotations["prometheus.io/path"] == "/metrics"
     # Secure by default: an API key generated into a Secret, handed over in the environment.
-    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in main["env"]}
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in main["env"] if secret_ref(e)}
     auth = find(objects, "Secret", f"{name}-auth")
     assert env["DUPLEX_API_KEYS"] == {"name": f"{name}-auth", "key": "api-keys"}
     assert env["DUPLEX_TOKEN_SECRET"] == {"name": f"{name}-auth", "key": "token-secret"}
@@ -316,7 +321,7 @@ def test_orchestrator_serves_livekit_rooms_when_it_has_a_public_url(helm: Path) 
     service = find(objects, "Service", f"{RELEASE}-livekit")
     port = service["spec"]["ports"][0]["port"]
     assert opts.livekit_agent_url == f"ws://{RELEASE}-livekit:{port}"
-    keys = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in main["env"]}
+    keys = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in main["env"] if secret_ref(e)}
     assert keys["LIVEKIT_API_KEY"] == {"name": "lk-keys", "key": "api-key"}
     assert keys["LIVEKIT_API_SECRET"] == {"name": "lk-keys", "key": "api-secret"}
     opts.config = None
@@ -737,3 +742,85 @@ async def test_operator_and_worker_need_no_more_than_the_charts_rbac(
     assert len(logs) == 2
     assert denials(logs) == []
     assert cluster_scans(operator.log) == []
+
+
+# -- Kubernetes mode of the orchestrator ---------------------------------------------------
+
+
+def test_orchestrator_claims_models_with_voice_sessions_as_its_own_account(
+    helm: Path, tmp_path: Path
+) -> None:
+    name = f"{RELEASE}-orchestrator"
+    objects = render(helm, "voice")
+    deployment = find(objects, "Deployment", name)
+    spec = deployment["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == name
+    assert "automountServiceAccountToken" not in spec
+    find(objects, "ServiceAccount", name)
+    fields = {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in container(deployment)["env"]
+        if "fieldRef" in (e.get("valueFrom") or {})
+    }
+    assert fields == {"POD_NAME": "metadata.name", "POD_UID": "metadata.uid"}
+    path = config_file(objects, "Secret", name, "orchestrator.yaml", tmp_path)
+    config = load_config(OrchestratorConfig, path, env={})
+    assert config.kube is not None
+    assert (config.kube.namespace, config.kube.max_duration_seconds) == ("voice", 86400)
+    assert find(objects, "Role", name)["rules"] == [
+        {
+            "apiGroups": ["duplex.dev"],
+            "resources": ["voicesessions"],
+            "verbs": ["get", "list", "watch", "create", "delete"],
+        }
+    ]
+    binding = find(objects, "RoleBinding", name)
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": "voice"}]
+
+    # Off: no account, no token in the Pod, and the router's own loading as before.
+    plain = render(helm, "voice", ["orchestrator.kube.enabled=false"])
+    assert not [
+        o
+        for o in plain
+        if o["kind"] in {"Role", "ServiceAccount"} and o["metadata"]["name"] == name
+    ]
+    plain_spec = find(plain, "Deployment", name)["spec"]["template"]["spec"]
+    assert plain_spec["automountServiceAccountToken"] is False
+    path = config_file(plain, "Secret", name, "orchestrator.yaml", tmp_path)
+    assert load_config(OrchestratorConfig, path, env={}).kube is None
+
+
+async def test_the_orchestrators_account_may_claim_and_release_voice_sessions_only(
+    helm: Path, kube_apiserver: KubeApiServer, kube: KubeClient, kube_namespace: str, tmp_path: Path
+) -> None:
+    ns, name = kube_namespace, f"{RELEASE}-orchestrator"
+    objects = render(helm, ns)
+    for obj in objects:
+        if (
+            obj["kind"] in {"ServiceAccount", "Role", "RoleBinding"}
+            and obj["metadata"]["name"] == name
+        ):
+            await kube.create_object(obj, namespace=ns)
+    token = await service_account_token(kube, ns, name)
+    kubeconfig = token_kubeconfig(kube_apiserver, token, tmp_path / "orchestrator.kubeconfig")
+    pod = await kube.create(
+        f"/api/v1/namespaces/{ns}/pods",
+        {"metadata": {"name": "orch-0"}, "spec": {"containers": [{"name": "o", "image": "x"}]}},
+    )
+    sessions = VoiceSessions(KubeClient.load(kubeconfig), ns, "orch-0", pod["metadata"]["uid"])
+    try:
+        await sessions.start()
+        claim = await sessions.claim("piper-joe", "en", "room")
+        status = f"/apis/duplex.dev/v1alpha1/namespaces/{ns}/voicesessions/{claim.name}/status"
+        denied = await sessions.client.request_raw(
+            "PATCH",
+            status,
+            {"status": {"phase": "Active", "worker": "w"}},
+            content_type="application/merge-patch+json",
+        )
+        assert denied.status == 403  # Active is the operator's to say
+        await sessions.release(claim)
+    finally:
+        await sessions.aclose()
+    listing = await kube.list(f"/apis/duplex.dev/v1alpha1/namespaces/{ns}/voicesessions")
+    assert listing["items"] == []
