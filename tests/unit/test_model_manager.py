@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from duplex.errors import AtCapacity, ModelInUse, ModelLoadFailed, UnknownModel
+from duplex.errors import AtCapacity, ModelInUse, ModelLoadFailed, ModelNotPlaced, UnknownModel
 from duplex.worker.adapters import ModelSpec
 from duplex.worker.catalog import Catalog
 from duplex.worker.config import ManagerConfig
@@ -172,3 +172,47 @@ async def test_reload_swaps_instance_and_keeps_old_lease_working() -> None:
     assert lease.model.adapter.native_rate == 16000
     m.release(lease)
     await m.aclose()
+
+
+def slow_catalog(n: int) -> Catalog:
+    """Tone models whose load takes 0.3 s: long enough for something to change meanwhile."""
+    return Catalog(
+        [ModelSpec(f"s{i}", "tone", options={"load_delay_seconds": "0.3"}) for i in range(n)]
+    )
+
+
+async def test_a_load_that_finishes_after_its_model_left_the_set_is_not_kept() -> None:
+    config = ManagerConfig(default_model="s0", min_residency_seconds=0)
+    m = ModelManager(slow_catalog(2), config)
+    await m.start(follow_model_set=True)
+    try:
+        first = asyncio.create_task(m.reconcile(["s1"]))
+        async with asyncio.timeout(5):
+            while not m.loading_ids():
+                await asyncio.sleep(0.01)
+        await m.reconcile([])  # the operator took it out while it loaded
+        await first
+        async with asyncio.timeout(5):
+            while m.loading_ids():
+                await asyncio.sleep(0.01)
+        assert m.resident_ids() == []
+        with pytest.raises(ModelNotPlaced):
+            await m.acquire("s1")
+    finally:
+        await m.aclose()
+
+
+async def test_loads_in_flight_count_against_the_resident_cap() -> None:
+    config = ManagerConfig(
+        default_model="s0", max_resident=2, max_parallel_loads=3, min_residency_seconds=0
+    )
+    m = ModelManager(slow_catalog(4), config)
+    await m.start()
+    try:
+        results = await asyncio.gather(
+            *(m.load(f"s{i}") for i in (1, 2, 3)), return_exceptions=True
+        )
+        assert len(m.resident_ids()) <= 2, (m.resident_ids(), results)
+        assert any(isinstance(r, AtCapacity) for r in results), results
+    finally:
+        await m.aclose()

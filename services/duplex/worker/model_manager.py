@@ -96,6 +96,7 @@ class ModelManager:
         # Models kept regardless of TTL: the default and preloads, or the desired set once given.
         self._pinned: set[str] = {config.default_model, *config.preload}
         self._desired: set[str] | None = None
+        self._reserved = 0  # loads past _make_room, not yet resident
         self.last_error: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -189,11 +190,21 @@ class ModelManager:
         try:
             async with self._load_slots:
                 await self._make_room(model_id)
-                started = self._clock()
-                adapter, gain = await asyncio.to_thread(
-                    _load_blocking, spec, self.config.loudness_target_dbfs
-                )
-                elapsed = self._clock() - started
+                self._reserved += 1  # counts against the cap from here until it is resident
+                try:
+                    started = self._clock()
+                    adapter, gain = await asyncio.to_thread(
+                        _load_blocking, spec, self.config.loudness_target_dbfs
+                    )
+                    elapsed = self._clock() - started
+                finally:
+                    self._reserved -= 1
+            if self._desired is not None and model_id not in self._desired:
+                # The model set dropped it while it loaded: keeping it would hold a model
+                # nobody placed here, outside the operator's memory accounting.
+                await asyncio.to_thread(adapter.close)
+                self._metrics.loads.labels(model_id, "discarded").inc()
+                raise ModelNotPlaced(f"model {model_id!r} left the model set while it loaded")
             model = ResidentModel(
                 spec, adapter, gain, elapsed, loaded_at=self._clock(), last_used=self._wall()
             )
@@ -223,8 +234,9 @@ class ModelManager:
         future.exception()  # a preload has no awaiter; the error is logged and kept above
 
     async def _make_room(self, model_id: str) -> None:
-        """Evict least-recently-used idle models until one more fits under the cap."""
-        while len(self._resident) >= self.config.max_resident:
+        """Evict least-recently-used idle models until one more fits under the cap (loads
+        in flight count: each will be resident)."""
+        while len(self._resident) + self._reserved >= self.config.max_resident:
             victim = self._lru_victim(exclude=model_id)
             if victim is None:
                 raise AtCapacity(

@@ -3,7 +3,7 @@
 It exists so tests can check timing and framing exactly. It is only in the catalog when the
 configuration asks for test models, and is never used in place of a model that failed. The
 option `delay_seconds` makes it take that long per word (a word is 0.25 s of audio), to play a
-model slower than real time.
+model slower than real time; `load_delay_seconds` makes its load that slow.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class ToneAdapter(TtsAdapter):
         return 16_000
 
     def load(self) -> None:
+        time.sleep(float(self.spec.options.get("load_delay_seconds", "0")))
         if self.spec.options.get("fail_load"):
             from duplex.errors import ModelLoadFailed
 
