@@ -48,6 +48,7 @@ def _worker_config(opts: argparse.Namespace) -> object:
             "tls_key": opts.tls_key,
             "tls_client_ca": opts.tls_client_ca,
             "health_port": opts.health_port,
+            "device": opts.device,
         },
     )
 
@@ -135,6 +136,7 @@ def cmd_models(opts: argparse.Namespace) -> int:
 
 def _orchestrator_config(opts: argparse.Namespace, **extra: object) -> object:
     from duplex.config import load_config
+    from duplex.devices import check_spec
     from duplex.errors import InvalidInput
     from duplex.orchestrator.config import OrchestratorConfig
     from duplex.orchestrator.livekit_tokens import LiveKitConfig, credentials
@@ -164,6 +166,10 @@ def _orchestrator_config(opts: argparse.Namespace, **extra: object) -> object:
         "api_key": key,
         "api_secret": secret,
     }
+    if getattr(opts, "device", None):
+        config = config.model_copy(
+            update={"asr": config.asr.model_copy(update={"device": check_spec(opts.device)})}
+        )
     if config.livekit is None and flags["url"] is None:
         return config  # LiveKit keys in the environment alone do not switch it on
     merged = {
@@ -315,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--tls-key", help="... and this private key (PEM)")
     worker.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
     worker.add_argument("--health-port", type=int, help="gRPC health alone, in plain text")
+    worker.add_argument(
+        "--device", help="where models run: auto (default: a CUDA GPU if any), cpu, cuda, cuda:N"
+    )
     worker.set_defaults(func=cmd_worker)
 
     say = sub.add_parser("say", help="synthesise TEXT into a WAV file")
@@ -345,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     orch.add_argument("--livekit-secret", help="LiveKit API secret (or LIVEKIT_API_SECRET)")
     _add_access_flags(orch)
     orch.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz only here")
+    orch.add_argument("--device", help="where speech recognition runs: auto, cpu, cuda, cuda:N")
     orch.set_defaults(func=cmd_orchestrator)
 
     demo = sub.add_parser("demo", help="worker + orchestrator + web page on this machine")
@@ -367,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--livekit-secret", help="API secret for --livekit URL (or LIVEKIT_API_SECRET)"
     )
     _add_access_flags(demo)
+    demo.add_argument(
+        "--device", help="where speech recognition and TTS run: auto, cpu, cuda, cuda:N"
+    )
     demo.set_defaults(func=cmd_demo)
 
     talk = sub.add_parser("talk", help="talk to an orchestrator from the terminal")

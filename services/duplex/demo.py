@@ -12,6 +12,7 @@ import signal
 from collections.abc import Iterator
 
 from duplex.config import load_config
+from duplex.devices import check_spec
 from duplex.errors import InvalidInput
 from duplex.orchestrator.config import OrchestratorConfig
 from duplex.orchestrator.livekit_tokens import LiveKitConfig, credentials
@@ -31,6 +32,7 @@ def demo_configs(opts: argparse.Namespace) -> tuple[WorkerConfig, OrchestratorCo
         default_model=model,
         preload=preload,
         max_sessions_per_client=WorkerConfig.model_fields["max_sessions"].default,
+        device=check_spec(getattr(opts, "device", None) or "auto"),
     )
     responder = {"kind": "openai", "url": opts.llm, "model": opts.llm_model} if opts.llm else {}
     orchestrator = load_config(
@@ -46,6 +48,9 @@ def demo_configs(opts: argparse.Namespace) -> tuple[WorkerConfig, OrchestratorCo
             "allowed_origins": getattr(opts, "allow_origin", None),
         },
     )
+    if getattr(opts, "device", None):
+        asr = orchestrator.asr.model_copy(update={"device": opts.device})
+        orchestrator = orchestrator.model_copy(update={"asr": asr})
     return worker, orchestrator
 
 

@@ -41,6 +41,8 @@ class WorkerRecord:
     resident_models: list[str] = field(default_factory=list)
     loading_models: list[str] = field(default_factory=list)
     model_last_used: dict[str, float] = field(default_factory=dict)
+    # Where each resident model runs: cpu, cuda:0, ...
+    model_devices: dict[str, str] = field(default_factory=dict)
     model_errors: dict[str, str] = field(default_factory=dict)
     # Kubernetes mode: the model set the worker last applied (None when it follows none).
     model_set: list[str] | None = None

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from duplex.audio.frame import FRAME_SECONDS
 
-
 _EPSILON = 1e-6  # sums of 20 ms steps drift by rounding; a microsecond is no gap
 
 

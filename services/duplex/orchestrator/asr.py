@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
+from duplex.devices import CPU, ctranslate2_has_cuda, resolve
 from duplex.errors import MissingDependency, ModelLoadFailed
 
 PACKAGED = "packaged-tiny.en"
@@ -74,7 +75,10 @@ class AsrConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = PACKAGED
-    compute_type: str = "int8"
+    # auto, cpu, cuda or cuda:N (auto: a CUDA GPU when there is one).
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$")
+    # auto: int8 on the CPU, float16 on a GPU; or any CTranslate2 compute type.
+    compute_type: str = "auto"
     threads: int = Field(2, ge=1)
     beam_size: int = Field(1, ge=1)
     language: str = "en"
@@ -102,6 +106,7 @@ class WhisperTranscriber:
         self.config = config
         self._model: Any = None
         self._tokenizer: Any = None
+        self.device = CPU  # where it runs, once loaded
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="asr")
         self._load_lock = asyncio.Lock()
 
@@ -122,11 +127,22 @@ class WhisperTranscriber:
         except ImportError as exc:
             raise MissingDependency("ASR needs: pip install 'duplex-voice[asr]'") from exc
         path = resolve_model(self.config.model)
+        device = resolve(
+            self.config.device,
+            engine="CTranslate2",
+            engine_has_cuda=ctranslate2_has_cuda(),
+            what="speech recognition",
+        )
+        self.device = device
+        compute = self.config.compute_type
+        if compute == "auto":
+            compute = "float16" if device.is_gpu else "int8"
         try:
             return WhisperModel(
                 path,
-                device="cpu",
-                compute_type=self.config.compute_type,
+                device=device.kind,
+                device_index=device.index,
+                compute_type=compute,
                 cpu_threads=self.config.threads,
             )
         except (OSError, RuntimeError, ValueError) as exc:

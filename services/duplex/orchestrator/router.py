@@ -44,6 +44,7 @@ class WorkerView:
     active_sessions: int = 0
     max_sessions: int = 1
     rtf: float = 0.0
+    devices: dict[str, str] = field(default_factory=dict)  # resident model → cpu, cuda:0, ...
     failures: int = 0  # consecutive failures: the backoff doubles with each
     failed_until: float = 0.0
 
@@ -156,6 +157,7 @@ class Directory:
             addr=addr,
             models={m.model_id for m in models},
             resident={m.model_id for m in models if m.is_loaded},
+            devices={m.model_id: m.metadata.get("device", "cpu") for m in models if m.is_loaded},
             loading={m.model_id for m in models if m.metadata.get("loading")},
             languages={m.model_id: set(m.languages) for m in models},
             active_sessions=int(caps.metrics.get("active_sessions", 0)),
@@ -237,6 +239,7 @@ class RedisDirectory(Directory):
                 addr=record.addr,
                 models=set(record.models),
                 resident=set(record.resident_models),
+                devices=dict(record.model_devices),
                 loading=set(record.loading_models),
                 languages={m: langs for m in record.models},
                 active_sessions=int(record.active_sessions),
@@ -328,7 +331,15 @@ class Router:
             )
         resident = [w for w in serving if model in w.resident]
         if resident:
-            return [Route(w, model) for w in self._ordered(resident)]
+            # A copy on a GPU answers sooner: those first, then by room and load.
+            ordered = self._ordered(resident)
+            on_gpu = [
+                w
+                for w in ordered
+                if w.devices.get(model, "cpu").startswith("cuda")
+                and w.active_sessions < w.max_sessions
+            ]
+            return [Route(w, model) for w in on_gpu + [w for w in ordered if w not in on_gpu]]
         loaders = self._ordered(serving)
         target = loaders[0]
         fallbacks = [

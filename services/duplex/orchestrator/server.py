@@ -247,9 +247,13 @@ class Orchestrator:
                         "default_voice": info.metadata.get("default_voice"),
                         "description": info.metadata.get("description", ""),
                         "resident": False,
+                        "devices": [],
                     },
                 )
                 entry["resident"] = entry["resident"] or info.is_loaded
+                device = info.metadata.get("device")
+                if info.is_loaded and device and device not in entry["devices"]:
+                    entry["devices"].append(device)  # where resident copies run
         listed = sorted(seen.values(), key=lambda m: (not m["resident"], m["model_id"]))
         return web.json_response({"models": listed, "default_model": self.config.default_model})
 

@@ -25,6 +25,7 @@ class ModelEntry(BaseModel):
     threads: int = Field(1, ge=1)
     description: str = ""
     options: dict[str, str] = {}
+    device: str | None = Field(None, pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$")
 
     def to_spec(self) -> ModelSpec:
         return ModelSpec(
@@ -38,6 +39,7 @@ class ModelEntry(BaseModel):
             threads=self.threads,
             description=self.description,
             options=dict(self.options),
+            device=self.device,
         )
 
 
@@ -56,6 +58,9 @@ class ManagerConfig(BaseModel):
     min_residency_seconds: float = Field(30.0, ge=0)
     max_parallel_loads: int = Field(1, ge=1)
     loudness_target_dbfs: float = Field(-18.0, le=0)
+    # Where models run unless their catalog entry says: auto (a CUDA GPU when there is one),
+    # cpu, cuda or cuda:N.
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$")
 
 
 class WorkerConfig(ManagerConfig):

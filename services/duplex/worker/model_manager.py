@@ -20,7 +20,7 @@ from duplex.audio.framer import to_float32
 from duplex.audio.loudness import calibrate_gain
 from duplex.errors import AtCapacity, DuplexError, ModelInUse, ModelLoadFailed, ModelNotPlaced
 from duplex.tasks import TaskSet
-from duplex.worker.adapters import ModelSpec, TtsAdapter, adapter_for
+from duplex.worker.adapters import ModelSpec, TtsAdapter, adapter_for, device_for
 from duplex.worker.adapters.base import WARMUP_TEXT
 from duplex.worker.catalog import Catalog
 from duplex.worker.config import ManagerConfig
@@ -46,6 +46,10 @@ class ResidentModel:
     def model_id(self) -> str:
         return self.spec.model_id
 
+    @property
+    def device(self) -> str:
+        return str(self.adapter.device)
+
 
 @dataclass(eq=False)
 class ModelLease:
@@ -55,9 +59,9 @@ class ModelLease:
     released: bool = field(default=False)
 
 
-def _load_blocking(spec: ModelSpec, target_dbfs: float) -> tuple[TtsAdapter, float]:
+def _load_blocking(spec: ModelSpec, target_dbfs: float, device: str) -> tuple[TtsAdapter, float]:
     """Load and warm one model; the warm-up audio calibrates its loudness gain."""
-    adapter = adapter_for(spec)
+    adapter = adapter_for(spec, device_for(spec, device))
     adapter.load()
     voice = spec.voice_or_default(None)
     try:
@@ -143,6 +147,10 @@ class ModelManager:
     def loading_ids(self) -> list[str]:
         return sorted(self._loading)
 
+    def devices(self) -> dict[str, str]:
+        """Where each resident model runs (cpu, cuda:0, ...)."""
+        return {m.model_id: m.device for m in self._resident.values()}
+
     def last_used(self) -> dict[str, float]:
         return {m.model_id: m.last_used for m in self._resident.values()}
 
@@ -194,7 +202,7 @@ class ModelManager:
                 try:
                     started = self._clock()
                     adapter, gain = await asyncio.to_thread(
-                        _load_blocking, spec, self.config.loudness_target_dbfs
+                        _load_blocking, spec, self.config.loudness_target_dbfs, self.config.device
                     )
                     elapsed = self._clock() - started
                 finally:

@@ -133,6 +133,7 @@ class Worker:
             resident_models=self.manager.resident_ids(),
             loading_models=self.manager.loading_ids(),
             model_last_used=self.manager.last_used(),
+            model_devices=self.manager.devices(),
             model_errors=dict(self.manager.last_error),
             model_set=self.model_set.applied_ids if self.model_set is not None else None,
             active_sessions=len(self.servicer.sessions),

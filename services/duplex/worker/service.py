@@ -311,6 +311,10 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
         models = []
         for spec in self._manager.catalog:
             metadata = {"source": spec.source, "memory_mib": str(spec.memory_mib)}
+            # Where it runs if resident, else where it was asked to run.
+            metadata["device"] = self._manager.devices().get(
+                spec.model_id, spec.device or self._config.device
+            )
             if spec.description:
                 metadata["description"] = spec.description
             if spec.voices:

@@ -11,6 +11,7 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from duplex.devices import CPU, Device
 from duplex.errors import InvalidInput, MissingDependency
 
 NativeAudio = npt.NDArray[np.float32] | npt.NDArray[np.int16]
@@ -36,6 +37,8 @@ class ModelSpec:
     threads: int = 1
     description: str = ""
     options: Mapping[str, str] = field(default_factory=dict)
+    # auto, cpu, cuda or cuda:N; None: the worker's own setting.
+    device: str | None = None
 
     def voice_or_default(self, voice: str | None) -> str | None:
         if not voice:
@@ -58,9 +61,12 @@ class TtsAdapter(ABC):
 
     family: ClassVar[str]
     thread_safe: ClassVar[bool] = False
+    # Whether the family can run on a CUDA GPU, and with which engine (for messages).
+    gpu_engine: ClassVar[str | None] = None
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, device: Device = CPU) -> None:
         self.spec = spec
+        self.device = device  # where `load` puts the model; chosen by the worker
         self.lock = threading.Lock()
 
     @property

@@ -13,10 +13,12 @@ from typing import Any
 
 from duplex.errors import ModelLoadFailed
 from duplex.worker.adapters.base import NativeAudio, TtsAdapter, require
+from duplex.worker.adapters.piper import onnx_session
 
 
 class KokoroAdapter(TtsAdapter):
     family = "kokoro"
+    gpu_engine = "onnxruntime"
 
     _kokoro: Any = None
 
@@ -43,17 +45,11 @@ class KokoroAdapter(TtsAdapter):
 
     def load(self) -> None:
         require("kokoro_onnx", "kokoro")
-        import onnxruntime as ort
         from kokoro_onnx import Kokoro
 
         model, voices = self._paths()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.spec.threads
-        opts.inter_op_num_threads = 1
         try:
-            session = ort.InferenceSession(
-                str(model), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
+            session = onnx_session(model, self.spec.threads, self.device, self.spec.model_id)
             self._kokoro = Kokoro.from_session(session, str(voices))
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelLoadFailed(f"cannot load Kokoro model {model}: {exc}") from exc

@@ -7,21 +7,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from duplex.devices import Device, check_onnx_session, onnx_providers
 from duplex.errors import ModelLoadFailed
 from duplex.worker.adapters.base import NativeAudio, TtsAdapter, require
 
 
-def _onnx_session(model: Path, threads: int) -> Any:
+def onnx_session(model: Path, threads: int, device: Device, what: str) -> Any:
+    """An onnxruntime session on `device`; one that would end up elsewhere is refused."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(model), sess_options=opts, providers=onnx_providers(device))
+    check_onnx_session(session, device, what)
+    return session
 
 
 class PiperAdapter(TtsAdapter):
     family = "piper"
+    gpu_engine = "onnxruntime"
 
     _voice: Any = None
     _rate = 22050
@@ -54,7 +59,8 @@ class PiperAdapter(TtsAdapter):
         model, config_path = self._paths()
         try:
             config = PiperConfig.from_dict(json.loads(config_path.read_text()))
-            self._voice = PiperVoice(session=_onnx_session(model, self.spec.threads), config=config)
+            session = onnx_session(model, self.spec.threads, self.device, self.spec.model_id)
+            self._voice = PiperVoice(session=session, config=config)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadFailed(f"cannot load Piper voice {model}: {exc}") from exc
         self._rate = int(config.sample_rate)
