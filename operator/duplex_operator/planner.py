@@ -511,7 +511,13 @@ class _Pass:
             holders = self.holders(model_id)
             if any(self.occupancy[n] < self.target(n) for n in holders):
                 continue  # a holder was added while binding
-            self.add_holder(model, with_room=True)
+            before = self.unplaceable.get(model_id)
+            if self.add_holder(model, with_room=True) is None:
+                # Served all the same (past the target, within the limit): still Ready.
+                if before is None:
+                    self.unplaceable.pop(model_id, None)
+                else:
+                    self.unplaceable[model_id] = before
 
     def serving(self, worker: str, session: str) -> bool | None:
         """Whether the worker reports a TTS session for the VoiceSession (None: unknown)."""

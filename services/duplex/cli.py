@@ -435,6 +435,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--cold-runs", type=int, default=3, help="applies that need a new worker Pod first"
     )
     bo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait per step")
+    bo.add_argument(
+        "--scale",
+        action="store_true",
+        help="time one reconcile pass over many objects and count its API writes (--runs each)",
+    )
+    bo.add_argument("--scale-models", type=int, default=200, help="TTSModels for --scale")
+    bo.add_argument("--scale-pods", type=int, default=100, help="worker Pods for --scale")
+    bo.add_argument("--scale-sessions", type=int, default=2000, help="VoiceSessions for --scale")
     bo.add_argument("--json", type=Path, help="also write the results as JSON")
     bo.set_defaults(func=cmd_bench_operator)
     bc = bench.add_parser("conversation", help="voice-to-voice, barge-in and false barge-in")

@@ -975,6 +975,20 @@ def test_a_full_pool_leaves_sessions_past_every_limit_pending() -> None:
     assert cond(plan.session_status["call-3"], "Bound")["reason"] == "NoCapacity"
 
 
+def test_a_model_served_past_its_target_with_no_room_to_scale_stays_ready() -> None:
+    pool = SCALING.model_copy(update={"max_pods": 1})
+    model = tts_model("pico-en")
+    w = world(
+        [model],
+        sessions_for("pico-en", 3),
+        [worker(cpu_pod(0), model)],
+        [record(cpu_pod(0), resident=["pico-en"])],
+    )
+    plan = planner(pool).plan(w)
+    assert [s["phase"] for s in plan.session_status.values()] == ["Bound"] * 3
+    assert cond(plan.model_status["pico-en"], "Ready")["status"] == "True"
+
+
 def test_a_scaled_out_pod_settles_and_takes_the_next_sessions() -> None:
     model = tts_model("pico-en")
     p = planner(SCALING)

@@ -11,8 +11,9 @@ for the worker to unload it before the next run. Runs of two kinds, each reporte
 A run that does not reach a state within `--timeout` is a failed run, counted and printed.
 
 With `--cluster` it measures real Pods on the local Kubernetes of tools/cluster, and also a
-worker Pod deleted under its models (duplex.bench.cluster). With `--kubeconfig` it measures a
-cluster where the operator already runs. Without either, it brings
+worker Pod deleted under its models (duplex.bench.cluster). `--scale` times one reconcile pass
+over a large synthetic namespace instead, and counts its API writes (duplex.bench.scale). With
+`--kubeconfig` it measures a cluster where the operator already runs. Without either, it brings
 up everything on this machine: etcd + kube-apiserver (from a source checkout's test
 binaries), redis-server, `duplex operator`, and a stand-in kubelet that runs worker Pods as
 local processes.
@@ -263,6 +264,10 @@ def _progress(index: int, kind: str, model_id: str, result: dict[str, float] | s
 async def run_operator_bench(opts: argparse.Namespace) -> int:
     if opts.runs < 1:
         raise DuplexError("--runs must be at least 1")
+    if getattr(opts, "scale", False):
+        from duplex.bench.scale import run_scale_bench
+
+        return await run_scale_bench(opts)
     models = [m.strip() for m in opts.models.split(",") if m.strip()]
     async with contextlib.AsyncExitStack() as stack:
         if opts.cluster:

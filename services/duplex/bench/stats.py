@@ -28,7 +28,8 @@ class Series:
     """The runs behind one figure: values of the runs that worked, reasons of those that did not."""
 
     name: str
-    unit: str = "ms"  # how the table prints values: ms (from seconds), s, x (a plain ratio), %
+    # How the table prints values: ms (from seconds), s, x (a plain ratio), %, n (a count).
+    unit: str = "ms"
     values: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -82,6 +83,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value * 100:.0f} %"
     if unit == "x":
         return f"{value:.3f}"
+    if unit == "n":
+        return f"{value:.0f}"
     return f"{value:.2f}"
 
 
