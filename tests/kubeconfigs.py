@@ -33,9 +33,20 @@ def exec_user(
 
 def exec_kubeconfig(api: KubeApiServer, directory: Path) -> tuple[Path, Path]:
     """A kubeconfig whose only credential is a plugin handing out the plugin user's token,
-    and the file the plugin logs its calls to."""
+    and the file the plugin logs its calls to.
+
+    Its server is dialled as localhost, a name the serving certificate does not carry, and
+    verified as `kubernetes` (tls-server-name), as behind a load balancer or a tunnel.
+    """
     tokens = directory / "plugin-tokens"
     tokens.write_text(api.plugin_token + "\n")
     calls = directory / "plugin-calls"
-    path = api.write_kubeconfig(directory / "exec.kubeconfig", exec_user(tokens, calls=calls))
+    cluster = {
+        "server": api.url.replace("127.0.0.1", "localhost"),
+        "certificate-authority": str(api.ca_file),
+        "tls-server-name": "kubernetes",
+    }
+    path = api.write_kubeconfig(
+        directory / "exec.kubeconfig", exec_user(tokens, calls=calls), cluster=cluster
+    )
     return path, calls

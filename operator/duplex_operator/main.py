@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kopf
 
 from duplex import __version__
@@ -38,21 +39,21 @@ def build_registry(
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
-    async def login(**_: Any) -> kopf.ConnectionInfo:
+    async def login(**_: Any) -> kopf.AiohttpSession:
         # Called again by kopf on a 401 and when `expiration` passes: fresh credentials then.
+        # A session of our making (kopf closes it): its TLS is the client's, server name too.
         creds = await client.credentials()
-        scheme, _sep, secret = (creds.authorization or "").partition(" ")
-        return kopf.ConnectionInfo(
+        headers = {"Authorization": creds.authorization} if creds.authorization else {}
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ssl=creds.ssl_context()),
+            headers=headers,
+            proxy=creds.proxy,
+        )
+        return kopf.AiohttpSession(
             server=creds.server,
-            ca_path=creds.ca_file,
-            insecure=creds.insecure,
-            scheme=scheme or None,
-            token=secret or None,
-            certificate_path=creds.cert_file,
-            private_key_path=creds.key_file,
-            proxy_url=creds.proxy,
             default_namespace=reconciler.config.namespace,
             expiration=creds.expires,
+            aiohttp_session=session,
         )
 
     @kopf.on.startup(registry=registry)

@@ -20,6 +20,7 @@ import datetime
 import json
 import logging
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -104,7 +105,40 @@ class KubeCredentials:
     cert_file: str | None
     key_file: str | None
     proxy: str | None
+    tls_server_name: str | None
     expires: datetime.datetime | None  # a token from an exec plugin: renew before then
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """TLS as the client's own transport sets it up, `tls-server-name` included."""
+        context = _ServerNameContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.server_name = self.tls_server_name
+        if self.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        elif self.ca_file:
+            context.load_verify_locations(cafile=self.ca_file)
+        else:
+            context.load_default_certs()
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
+class _ServerNameContext(ssl.SSLContext):
+    """Verifies the server as `server_name` whatever host was dialled (tls-server-name)."""
+
+    server_name: str | None = None
+
+    def wrap_bio(  # type: ignore[override]
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        name = self.server_name or server_hostname
+        return super().wrap_bio(incoming, outgoing, server_side, name, session)
 
 
 @dataclass(frozen=True)
@@ -346,6 +380,7 @@ class KubeClient:
             cert_file=conf.cert_file,
             key_file=conf.key_file,
             proxy=conf.proxy,
+            tls_server_name=conf.tls_server_name,
             expires=self._credentials.expires,
         )
 

@@ -125,6 +125,8 @@ async def test_models_are_placed_loaded_bound_and_evicted(cluster: Cluster) -> N
     assert writes and {w["user"]["username"] for w in writes} == {PLUGIN_USER}
     calls = [json.loads(line)["caller"] for line in cluster.plugin_calls()]
     assert sorted(c[c.index("duplex.cli") + 1] for c in calls) == ["operator", "worker"]
+    # kopf's watches logged in with the same credentials (its handlers ran on watch events).
+    assert "Handler 'wake' succeeded" in cluster.operator.log.read_text()
 
 
 async def test_a_model_the_worker_cannot_load_fails_with_the_workers_error(
