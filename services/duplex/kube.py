@@ -275,17 +275,27 @@ class _Credentials:
         )
 
     async def refresh(self, *, force: bool = False) -> None:
-        """Renew what is due (an expired exec token, a token file), everything when forced."""
+        """Renew what is due (an expired exec token, a token file), everything when forced.
+
+        A renewal that fails is a 401 to the caller (it retries as for any refusal); only
+        the first load of a kubeconfig fails with InvalidInput.
+        """
         if not force and not self._due():
             return
+        started = time.monotonic()
         async with self._lock:
+            if force and self._loaded_at >= started:
+                return  # renewed by another request's 401 while this one waited
             if not force and not self._due():
                 return
             if force and self._kubeconfig is not None:
                 # Run the exec plugin again even if its token claims to be valid (revoked).
                 with contextlib.suppress(AttributeError):
                     del self._kubeconfig.exec_plugin_expiry
-            await self._apply()
+            try:
+                await self._apply()
+            except InvalidInput as exc:
+                raise KubeApiError(401, "Unauthorized", f"renewing credentials: {exc}") from exc
 
     @property
     def tls_files(self) -> tuple[str | None, str | None]:
