@@ -248,3 +248,56 @@ async def until(probe: Callable[[], Awaitable[T]], what: str, timeout: float = 2
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None
     return value
+
+
+async def test_the_orchestrator_server_claims_a_voice_session_per_conversation(
+    cluster: Cluster, redis_server: RedisServer
+) -> None:
+    """The orchestrator process in Kubernetes mode: a WebSocket conversation holds a
+    VoiceSession owned by the orchestrator's Pod for as long as it lasts."""
+    import json
+
+    import aiohttp
+
+    from duplex.orchestrator.config import KubeSettings, OrchestratorConfig
+    from duplex.orchestrator.server import Orchestrator as Server
+
+    await cluster.apply("TTSModel", "pico-en", model_spec("pico-en", minResident=1))
+    await cluster.eventually(
+        lambda: when_true(cluster.condition("ttsmodels", "pico-en", "Resident")), "pico-en"
+    )
+    pod = await owner_pod(cluster.client, cluster.ns, "orchestrator-ws")
+    kube = KubeSettings(
+        namespace=cluster.ns,
+        pod_name="orchestrator-ws",
+        pod_uid=str(pod["metadata"]["uid"]),  # type: ignore[index]
+        kubeconfig=str(cluster.client.source.kubeconfig),
+    )
+    config = OrchestratorConfig(port=0, redis=redis_server.url, default_model="pico-en", kube=kube)
+
+    async def sessions() -> list[dict[str, object]]:
+        listing = await cluster.client.list(
+            f"/apis/duplex.dev/v1alpha1/namespaces/{cluster.ns}/voicesessions"
+        )
+        return list(listing.get("items", []))
+
+    async with (
+        Server(config) as server,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"ws://127.0.0.1:{server.port}/ws") as ws,
+    ):
+        await ws.send_str(json.dumps({"type": "session.start", "sample_rate": 16000}))
+        async with asyncio.timeout(30):
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT and "session.started" in msg.data:
+                    break
+        [claim] = await sessions()
+        owners = claim["metadata"]["ownerReferences"]  # type: ignore[index]
+        assert [o["name"] for o in owners] == ["orchestrator-ws"]
+        assert claim["spec"]["modelId"] == "pico-en"  # type: ignore[index]
+        await ws.close()
+        await cluster.eventually(lambda: _empty(sessions()), "the conversation's session gone")
+
+
+async def _empty(listing: Awaitable[list[dict[str, object]]]) -> bool | None:
+    return (not await listing) or None

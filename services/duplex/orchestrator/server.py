@@ -34,6 +34,7 @@ from duplex.orchestrator.session import (
     apply_client_message,
 )
 from duplex.orchestrator.vad import SileroModel
+from duplex.orchestrator.voice_sessions import VoiceSessions
 from duplex.tasks import TaskSet
 
 if TYPE_CHECKING:
@@ -122,7 +123,14 @@ class Orchestrator:
         self.asr = WhisperTranscriber(config.asr)
         self.responder = make_responder(config.responder)
         self.services = Services(
-            config, self.router, self.pool, self.asr, self.responder, self.metrics, SileroModel()
+            config,
+            self.router,
+            self.pool,
+            self.asr,
+            self.responder,
+            self.metrics,
+            SileroModel(),
+            VoiceSessions.from_settings(config.kube) if config.kube is not None else None,
         )
         self._runner: web.AppRunner | None = None
         self._tasks = TaskSet("orchestrator")
@@ -163,6 +171,8 @@ class Orchestrator:
             require_sdk()
         await self.asr.load()
         await self.router.directory.start()
+        if self.services.voice_sessions is not None:
+            await self.services.voice_sessions.start()
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
@@ -198,6 +208,8 @@ class Orchestrator:
             await self._runner.cleanup()  # closes what is left
         if self._health_runner is not None:
             await self._health_runner.cleanup()
+        if self.services.voice_sessions is not None:
+            await self.services.voice_sessions.aclose()
         await self.router.directory.aclose()
         await self.responder.aclose()
         await self.pool.aclose()

@@ -34,6 +34,7 @@ from duplex.orchestrator.state import State, StateMachine
 from duplex.orchestrator.tts_link import TtsLink
 from duplex.orchestrator.turn import TurnPolicy, is_backchannel, transcript_silence, words
 from duplex.orchestrator.vad import SileroModel, SileroVad, VadKind
+from duplex.orchestrator.voice_sessions import VoiceSessions
 from duplex.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ class Services:
     responder: Responder
     metrics: OrchestratorMetrics
     vad: SileroModel  # one network for every conversation; each keeps its own state
+    # On Kubernetes: each conversation claims its model with a VoiceSession.
+    voice_sessions: VoiceSessions | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,8 @@ class ConversationSession:
             model=start.model,
             voice=start.voice,
             language=start.language,
+            voice_sessions=services.voice_sessions,
+            room=self.id,
         )
         self._admitted = asyncio.Event()
         self.closed = asyncio.Event()
