@@ -138,9 +138,15 @@ async def ask(conv: Conversation, frames: list[bytes]) -> float:
     conv.say(frames, {end - 1: ended.append})
     n_before = len(conv.audible)
     started = time.monotonic()
-    await conv.wait_for(lambda: len(conv.audible) > n_before, len(frames) * 0.02 + REPLY_TIMEOUT)
+    await conv.wait_for(
+        lambda: bool(ended) and any(t > ended[0] for t in conv.audible[n_before:]),
+        len(frames) * 0.02 + REPLY_TIMEOUT,
+    )
     if not ended:
         raise Failed("the question was not sent")
+    if any(t < ended[0] for t in conv.audible[n_before:]):
+        # It took a pause inside the question for the end of the turn.
+        raise Failed("the bot spoke before the question ended")
     # +20 ms: the mark is taken when the last frame of speech is sent, i.e. at its start.
     value = judge_voice_to_voice(ended[0] + 0.02, conv.audible[n_before:], time.monotonic())
     if not await conv.wait_for(lambda: conv.reply_done_after(started), 60):
