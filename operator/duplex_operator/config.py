@@ -6,7 +6,9 @@ chart renders the pools from its values into the file the operator reads.
 
 from __future__ import annotations
 
+import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -37,6 +39,9 @@ class WorkerPool(BaseModel):
     image_pull_policy: str = "IfNotPresent"
     port: int = Field(50051, ge=1, le=65535)
     metrics_port: int = Field(9100, ge=1, le=65535)
+    # The gRPC health service alone, in plain text, for the kubelet's probes (which cannot
+    # speak TLS); served only when workers serve TLS (OperatorConfig.worker_tls).
+    health_port: int = Field(50052, ge=1, le=65535)
     # Passed through to the Pod spec as Kubernetes objects (ResourceRequirements etc.).
     resources: dict[str, Any] = {}
     node_selector: dict[str, str] = {}
@@ -60,6 +65,37 @@ class WorkerPool(BaseModel):
     def target_sessions(self) -> int:
         """Sessions per Pod the pool scales out at (its hard limit is max_sessions)."""
         return self.max_sessions_per_pod or self.max_sessions
+
+    @property
+    def name_slots(self) -> int:
+        """How many Pod names the pool may use: `<prefix>-<pool>-0` up to `-<name_slots - 1>`.
+
+        A Pod that replaces one still terminating takes another name, so twice max_pods. The
+        names are known before any Pod exists: the chart's worker Role grants these alone.
+        """
+        return 2 * self.max_pods
+
+
+class SecretKey(BaseModel):
+    """A key of a Secret in the operator's namespace, as a worker Pod's secretKeyRef names it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+    key: str = Field(pattern=r"^[-._a-zA-Z0-9]{1,253}$")
+
+
+class WorkerTls(BaseModel):
+    """Workers serve gRPC over mutual TLS with the certificate in `secret`.
+
+    The Secret has the keys of a kubernetes.io/tls Secret made by cert-manager: tls.crt, tls.key
+    and ca.crt, the CA whose certificates clients must present. It is mounted at `mount_path`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    secret: str = Field(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+    mount_path: str = Field("/etc/duplex-tls", pattern=r"^/[^:]*$")
 
 
 class LeaderElection(BaseModel):
@@ -98,8 +134,17 @@ class OperatorConfig(BaseModel):
     resync_seconds: float = Field(2.0, gt=0)
     # Replaces every pool's image (e.g. the image a dev loop just built); None keeps them.
     worker_image: str | None = None
-    # Passed to every worker as --redis; defaults to `redis`.
+    # How workers reach Redis, in their Pods' environment (DUPLEX_REDIS), never in their
+    # arguments. A URL (default: `redis`) that carries no password in clear: it may name
+    # $(REDIS_PASSWORD), which the kubelet fills in from `worker_redis_password`. Or the whole
+    # URL from a Secret, `worker_redis_url`, which wins.
     worker_redis: str | None = None
+    worker_redis_password: SecretKey | None = None
+    worker_redis_url: SecretKey | None = None
+    # Workers serve mutual TLS (None: plain text), and their admin RPCs need the token in this
+    # Secret (DUPLEX_ADMIN_TOKENS; None: only callers on the worker's own machine).
+    worker_tls: WorkerTls | None = None
+    worker_admin_token: SecretKey | None = None
     # Serve kopf's liveness probe here (e.g. http://0.0.0.0:8081/healthz); None disables it.
     liveness_endpoint: str | None = None
     leader_election: LeaderElection = LeaderElection()
@@ -110,3 +155,34 @@ class OperatorConfig(BaseModel):
         if len(names) != len(set(names)):
             raise ValueError(f"pool names must be unique: {names}")
         return self
+
+    @model_validator(mode="after")
+    def _no_password_in_pod_specs(self) -> OperatorConfig:
+        # Whatever worker_redis says is written into every worker Pod's spec, which anyone who
+        # may read Pods can read.
+        if self.worker_redis_url is None and _clear_password(self.worker_redis or self.redis):
+            raise ValueError(
+                "the Redis URL for workers carries a password, which would be written into "
+                "every worker Pod's spec: give worker_redis_url (a Secret), or worker_redis "
+                "with $(REDIS_PASSWORD) and worker_redis_password"
+            )
+        return self
+
+    def worker_pod_names(self, pool: WorkerPool) -> list[str]:
+        """Every name a Pod of `pool` may get (see WorkerPool.name_slots)."""
+        return [f"{self.worker_prefix}-{pool.name}-{n}" for n in range(pool.name_slots)]
+
+
+def _clear_password(url: str) -> bool:
+    password = urlsplit(url).password
+    return bool(password) and not re.fullmatch(r"\$\([A-Za-z_][A-Za-z0-9_]*\)", password or "")
+
+
+def redacted(url: str) -> str:
+    """`url` with its password (if any) replaced by `***`: for logs and status messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()

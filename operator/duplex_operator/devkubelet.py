@@ -2,17 +2,21 @@
 
 The operator's tests and `duplex bench operator` run against a real kube-apiserver without a
 kubelet. This does the kubelet's part for worker Pods only: it starts a real `duplex worker`
-process with the Pod's own arguments (ports moved to free loopback ports), marks the Pod
-Running with a loopback IP, and when the Pod is deleted stops the process and removes the
-object, as a kubelet confirms a graceful deletion.
+process with the Pod's own arguments (ports moved to free loopback ports) and environment
+(Secret references read, $(VAR) references filled in, as the kubelet does), with the Pod's Secret
+volumes written to a directory of its own, marks the Pod Running with a loopback IP, and when
+the Pod is deleted stops the process and removes the object, as a kubelet confirms a graceful
+deletion.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -29,7 +33,9 @@ from duplex_operator.resources import WORKER_SELECTOR, format_time
 log = logging.getLogger(__name__)
 
 # Flags whose values belong to the node, not the Pod: replaced with loopback ones.
-_NODE_FLAGS = {"--host", "--port", "--advertise", "--metrics-port"}
+_NODE_FLAGS = {"--host", "--port", "--advertise", "--metrics-port", "--health-port"}
+# The kubelet's $(VAR) references in env values; $$ escapes one.
+_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
 def _free_port() -> int:
@@ -127,6 +133,7 @@ class DevKubelet:
             str(port),
             "--metrics-port",
             "0",
+            *(["--health-port", str(_free_port())] if "--health-port" in raw else []),
             "--pod-name",
             name,
             "--pod-namespace",
@@ -134,11 +141,20 @@ class DevKubelet:
             "--kubeconfig",
             str(self.kubeconfig),
         ]
-        env = {**os.environ, **self.env}
-        for item in container.get("env") or []:
-            if "value" in item:
-                env[item["name"]] = str(item["value"])
-        env.update(POD_NAME=name, POD_NAMESPACE=self.namespace, POD_IP="127.0.0.1")
+        fields = {
+            "metadata.name": name,
+            "metadata.namespace": self.namespace,
+            "metadata.uid": str(pod["metadata"].get("uid", "")),
+            "status.podIP": "127.0.0.1",
+        }
+        pod_env = await self._resolve_env(container.get("env") or [], fields)
+        pod_env.update(POD_NAME=name, POD_NAMESPACE=self.namespace, POD_IP="127.0.0.1")
+        mounts = await self._write_secret_volumes(pod)
+        for i, arg in enumerate(args):
+            for mount_path, local in mounts.items():
+                if arg == mount_path or arg.startswith(mount_path + "/"):
+                    args[i] = str(local) + arg[len(mount_path) :]
+        env = {**os.environ, **self.env, **pod_env}
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_file = (self.log_dir / f"{name}.log").open("ab")
         process = await asyncio.create_subprocess_exec(
@@ -164,6 +180,47 @@ class DevKubelet:
         }
         with contextlib.suppress(KubeApiError):
             await self.client.patch(f"{self._pods_path}/{name}/status", status)
+
+    async def _secret(self, name: str) -> dict[str, bytes]:
+        secret = await self.client.get(f"/api/v1/namespaces/{self.namespace}/secrets/{name}")
+        return {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+
+    async def _resolve_env(
+        self, items: list[dict[str, Any]], fields: dict[str, str]
+    ) -> dict[str, str]:
+        """The container's variables as the kubelet sets them, in order."""
+        env: dict[str, str] = {}
+        for item in items:
+            source = item.get("valueFrom") or {}
+            if "secretKeyRef" in source:
+                ref = source["secretKeyRef"]
+                env[item["name"]] = (await self._secret(ref["name"]))[ref["key"]].decode()
+            elif "fieldRef" in source:
+                env[item["name"]] = fields[source["fieldRef"]["fieldPath"]]
+            elif "value" in item:
+                value = str(item["value"])
+                env[item["name"]] = _REFERENCE.sub(
+                    lambda m: "$" if m[0] == "$$" else env.get(m[1], m[0]), value
+                )
+        return env
+
+    async def _write_secret_volumes(self, pod: dict[str, Any]) -> dict[str, Path]:
+        """Each Secret volume's files in a directory of the Pod's: mount path -> directory."""
+        secrets = {
+            v["name"]: v["secret"]["secretName"]
+            for v in pod["spec"].get("volumes") or []
+            if "secret" in v
+        }
+        mounts: dict[str, Path] = {}
+        for mount in pod["spec"]["containers"][0].get("volumeMounts") or []:
+            if mount["name"] not in secrets:
+                continue
+            local = self.log_dir / pod["metadata"]["name"] / mount["name"]
+            local.mkdir(parents=True, exist_ok=True)
+            for key, value in (await self._secret(secrets[mount["name"]])).items():
+                (local / key).write_bytes(value)
+            mounts[mount["mountPath"]] = local
+        return mounts
 
     async def stop_pod(self, name: str, *, kill: bool = False) -> None:
         local = self.pods.pop(name, None)

@@ -410,7 +410,9 @@ class _Pass:
                 refused.append(f"{pool.name}: {failure.message}")
                 continue
             if self.pool_size(pool) < pool.max_pods:
-                return self.create_pod(pool)
+                name = self.create_pod(pool)
+                if name is not None:
+                    return name
         if refused:
             self.unplaceable[model.model_id] = (
                 "PodCreateFailed",
@@ -428,11 +430,15 @@ class _Pass:
     def pool_size(self, pool: WorkerPool) -> int:
         return sum(1 for name in self.sets if self.pool_of(name) is pool)
 
-    def create_pod(self, pool: WorkerPool) -> str:
-        index = 0
-        while f"{self.cfg.worker_prefix}-{pool.name}-{index}" in self.all_names:
-            index += 1
-        name = f"{self.cfg.worker_prefix}-{pool.name}-{index}"
+    def create_pod(self, pool: WorkerPool) -> str | None:
+        """A new Pod under the first of the pool's names that is free.
+
+        None while Pods still terminating hold every name: a later pass creates it. The names
+        are bounded because the workers' Role grants each by name (WorkerPool.name_slots).
+        """
+        name = next((n for n in self.cfg.worker_pod_names(pool) if n not in self.all_names), None)
+        if name is None:
+            return None
         self.all_names.add(name)
         self.new_pods[name] = pool
         self.sets[name] = []
@@ -442,7 +448,8 @@ class _Pass:
     def ensure_min_pods(self) -> None:
         for pool in self.cfg.pools:
             while self.pool_size(pool) < pool.min_pods:
-                self.create_pod(pool)
+                if self.create_pod(pool) is None:
+                    break
 
     # -- binding -----------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import copy
 import json
 from typing import Any
 
-from duplex_operator.config import GPU_RESOURCE, OperatorConfig, WorkerPool
+from duplex_operator.config import GPU_RESOURCE, OperatorConfig, SecretKey, WorkerPool
 from duplex_operator.resources import (
     API_VERSION,
     COMPONENT_LABEL,
@@ -59,6 +59,25 @@ def model_set_metadata(
     return annotations, owners
 
 
+def _from_secret(name: str, ref: SecretKey) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def redis_env(config: OperatorConfig) -> list[dict[str, Any]]:
+    """How a worker Pod gets its Redis URL: from the environment, never its arguments.
+
+    A password comes from a Secret: the whole URL (worker_redis_url), or REDIS_PASSWORD, which
+    the kubelet puts where the URL says $(REDIS_PASSWORD). The Pod's spec keeps the reference.
+    """
+    if config.worker_redis_url is not None:
+        return [_from_secret("DUPLEX_REDIS", config.worker_redis_url)]
+    env: list[dict[str, Any]] = []
+    if config.worker_redis_password is not None:
+        env.append(_from_secret("REDIS_PASSWORD", config.worker_redis_password))
+    env.append({"name": "DUPLEX_REDIS", "value": config.worker_redis or config.redis})
+    return env
+
+
 def worker_pod(
     config: OperatorConfig,
     pool: WorkerPool,
@@ -88,58 +107,82 @@ def worker_pod(
         resources.setdefault("limits", {})[GPU_RESOURCE] = 1
         if not any(t.get("key") == GPU_RESOURCE for t in tolerations):
             tolerations.append(GPU_TOLERATION)
-    redis = config.worker_redis or config.redis
     env = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        *redis_env(config),
         # The operator owns placement and idle eviction; the worker only follows its set.
         {"name": "DUPLEX_TTL_SECONDS", "value": "0"},
         {"name": "DUPLEX_MAX_RESIDENT", "value": "64"},
         {"name": "DUPLEX_MAX_SESSIONS", "value": str(pool.max_sessions)},
-        *pool.env,
     ]
+    if config.worker_admin_token is not None:
+        env.append(_from_secret("DUPLEX_ADMIN_TOKENS", config.worker_admin_token))
+    env += pool.env
+    args = [
+        "worker",
+        "--kube",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(pool.port),
+        "--advertise",
+        f"$(POD_IP):{pool.port}",
+        "--metrics-port",
+        str(pool.metrics_port),
+    ]
+    ports = [
+        {"name": "grpc", "containerPort": pool.port, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": pool.metrics_port, "protocol": "TCP"},
+    ]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    probe_port = pool.port
+    tls = config.worker_tls
+    if tls is not None:
+        # Mutual TLS: clients need a certificate from the CA in ca.crt. The kubelet's gRPC
+        # probes cannot present one, so health is also served in plain text on its own port.
+        args += [
+            "--tls-cert",
+            f"{tls.mount_path}/tls.crt",
+            "--tls-key",
+            f"{tls.mount_path}/tls.key",
+            "--tls-client-ca",
+            f"{tls.mount_path}/ca.crt",
+            "--health-port",
+            str(pool.health_port),
+        ]
+        ports.append({"name": "health", "containerPort": pool.health_port, "protocol": "TCP"})
+        mounts.append({"name": "tls", "mountPath": tls.mount_path, "readOnly": True})
+        volumes.append({"name": "tls", "secret": {"secretName": tls.secret}})
+        probe_port = pool.health_port
     container: dict[str, Any] = {
         "name": "worker",
         "image": config.worker_image or pool.image,
         "imagePullPolicy": pool.image_pull_policy,
-        "args": [
-            "worker",
-            "--kube",
-            "--host",
-            "0.0.0.0",
-            "--port",
-            str(pool.port),
-            "--advertise",
-            f"$(POD_IP):{pool.port}",
-            "--redis",
-            redis,
-            "--metrics-port",
-            str(pool.metrics_port),
-            *pool.args,
-        ],
+        "args": [*args, *pool.args],
         "env": env,
-        "ports": [
-            {"name": "grpc", "containerPort": pool.port, "protocol": "TCP"},
-            {"name": "metrics", "containerPort": pool.metrics_port, "protocol": "TCP"},
-        ],
-        "readinessProbe": {"grpc": {"port": pool.port}, "periodSeconds": 5},
+        "ports": ports,
+        "readinessProbe": {"grpc": {"port": probe_port}, "periodSeconds": 5},
         "livenessProbe": {
-            "grpc": {"port": pool.port},
+            "grpc": {"port": probe_port},
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
         "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": mounts,
     }
     if resources:
         container["resources"] = resources
     spec: dict[str, Any] = {
         "restartPolicy": "Always",
+        # A worker stops within about a second of SIGTERM (its clients move to other workers
+        # mid-sentence); the rest is margin.
         "terminationGracePeriodSeconds": 15,
         "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": volumes,
     }
     if pool.service_account_name:
         spec["serviceAccountName"] = pool.service_account_name

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from duplex.discovery import EVENTS_CHANNEL, KEY_PREFIX, WorkerRecord
 from duplex.kube import KubeApiError, KubeClient, sleep_backoff
-from duplex_operator.config import OperatorConfig
+from duplex_operator.config import OperatorConfig, redacted
 from duplex_operator.planner import Event, Plan, Planner, World
 from duplex_operator.resources import (
     API_VERSION,
@@ -186,7 +186,7 @@ class Reconciler:
             if not self._redis_down:
                 log.warning("worker records unavailable, going on without them: %s", exc)
             self._redis_down = True
-            return {}, f"Redis at {self.config.redis} is unavailable ({exc})"
+            return {}, f"Redis at {redacted(self.config.redis)} is unavailable ({exc})"
         if self._redis_down:
             log.info("worker records available again")
         self._redis_down = False

@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import base64
+import contextlib
 import copy
+import json
 import os
 import re
+import secrets
+import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 
@@ -29,11 +36,13 @@ from duplex.config import load_config
 from duplex.kube import KubeApiError, KubeClient
 from duplex.orchestrator.config import OrchestratorConfig
 from duplex.orchestrator.voice_sessions import VoiceSessions
-from duplex_operator.config import GPU_RESOURCE, OperatorConfig
+from duplex.rpc.client import TtsClient
+from duplex.rpc.security import ClientTls
+from duplex_operator.config import GPU_RESOURCE, OperatorConfig, SecretKey
 from duplex_operator.devcluster import KubeApiServer, locate_binaries
 from duplex_operator.devkubelet import DevKubelet
 from duplex_operator.pods import worker_pod
-from tests.conftest import RedisServer, free_port
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "duplex"
@@ -59,6 +68,8 @@ VALUE_SETS: dict[str, list[str]] = {
         "orchestrator.config.default_model=kokoro-ja",
     ],
     "external-redis": ["redis.enabled=false", "redis.url=redis://redis.infra:6379/2"],
+    "external-redis-secret": ["redis.enabled=false", "redis.existingSecret=infra-redis"],
+    "tls-and-policies-off": ["tls.enabled=false", "networkPolicy.enabled=false"],
 }
 
 
@@ -74,10 +85,17 @@ def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def render(
-    helm: Path, namespace: str, values: Sequence[str] = (), *, crds: bool = False
+    helm: Path,
+    namespace: str,
+    values: Sequence[str] = (),
+    *,
+    crds: bool = False,
+    api_versions: Sequence[str] = (),
 ) -> list[Obj]:
+    """`helm template`: `values` are --set's; `api_versions` APIs the cluster would serve."""
     args = ["template", RELEASE, str(CHART), "--namespace", namespace]
     args += [arg for value in values for arg in ("--set", value)]
+    args += [arg for api in api_versions for arg in ("--api-versions", api)]
     if crds:
         args.append("--include-crds")
     result = run_helm(helm, *args)
@@ -105,12 +123,20 @@ def config_file(objects: Sequence[Obj], kind: str, name: str, key: str, tmp_path
     return path
 
 
-def operator_config(objects: Sequence[Obj], namespace: str, tmp_path: Path) -> OperatorConfig:
+def operator_config(
+    objects: Sequence[Obj],
+    namespace: str,
+    tmp_path: Path,
+    secrets: Mapping[str, Mapping[str, str]] | None = None,
+) -> OperatorConfig:
     """What `duplex operator` loads in its Pod: the mounted file, then its environment."""
     main = container(find(objects, "Deployment", f"{RELEASE}-operator"))
     path = config_file(objects, "ConfigMap", f"{RELEASE}-operator", "operator.yaml", tmp_path)
     return load_config(
-        OperatorConfig, path, env=pod_env(main, namespace), prefix="DUPLEX_OPERATOR_"
+        OperatorConfig,
+        path,
+        env=pod_env(main, namespace, secrets_of(objects, secrets)),
+        prefix="DUPLEX_OPERATOR_",
     )
 
 
@@ -118,8 +144,27 @@ def secret_ref(var: Obj) -> bool:
     return "secretKeyRef" in (var.get("valueFrom") or {})
 
 
-def pod_env(main: Obj, namespace: str) -> dict[str, str]:
-    """A container's environment as the kubelet resolves it (the downward API fields used)."""
+def secrets_of(
+    objects: Sequence[Obj], given: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, dict[str, str]]:
+    """The rendered Secrets' values by name, and `given` ones (which exist in the cluster)."""
+    found = {
+        o["metadata"]["name"]: dict(o.get("stringData") or {})
+        for o in objects
+        if o["kind"] == "Secret"
+    }
+    return {**found, **{name: dict(data) for name, data in (given or {}).items()}}
+
+
+# The kubelet's $(VAR) references in env values and arguments; $$ escapes one.
+REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def pod_env(
+    main: Obj, namespace: str, secrets: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, str]:
+    """A container's environment as the kubelet resolves it: downward API fields, Secret keys
+    and $(VAR) references to variables defined before."""
     fields = {
         "metadata.namespace": namespace,
         "metadata.name": f"{RELEASE}-pod-0",
@@ -128,10 +173,20 @@ def pod_env(main: Obj, namespace: str) -> dict[str, str]:
     env: dict[str, str] = {}
     for var in main.get("env", []):
         if "value" in var:
-            env[var["name"]] = var["value"]
+            env[var["name"]] = REFERENCE.sub(
+                lambda m: "$" if m[0] == "$$" else env.get(m[1], m[0]), var["value"]
+            )
+        elif secret_ref(var):
+            ref = var["valueFrom"]["secretKeyRef"]
+            env[var["name"]] = (secrets or {})[ref["name"]][ref["key"]]
         else:
             env[var["name"]] = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
     return env
+
+
+def redis_password(objects: Sequence[Obj]) -> str:
+    password: str = find(objects, "Secret", f"{RELEASE}-redis")["stringData"]["password"]
+    return password
 
 
 # -- helm lint ------------------------------------------------------------------------------
@@ -156,8 +211,15 @@ def test_operator_reads_its_namespace_redis_and_one_cpu_pool(helm: Path, tmp_pat
 
     assert config.namespace == "voice"
     redis = find(objects, "Service", f"{RELEASE}-redis")
-    assert config.redis == f"redis://{RELEASE}-redis:{redis['spec']['ports'][0]['port']}/0"
-    assert config.worker_redis is None
+    where = f"{RELEASE}-redis:{redis['spec']['ports'][0]['port']}/0"
+    # The operator's own URL, password included, reaches it in its environment alone; its
+    # workers' names the password, which their Pods get from the Secret.
+    assert config.redis == f"redis://:{redis_password(objects)}@{where}"
+    assert config.worker_redis == f"redis://:$(REDIS_PASSWORD)@{where}"
+    assert config.worker_redis_password == SecretKey(name=f"{RELEASE}-redis", key="password")
+    assert config.worker_redis_url is None
+    assert config.worker_admin_token == SecretKey(name=f"{RELEASE}-worker-admin", key="token")
+    assert config.worker_tls is not None and config.worker_tls.secret == f"{RELEASE}-worker-tls"
     assert config.worker_prefix == f"{RELEASE}-worker"
     [pool] = config.pools
     assert (pool.name, pool.gpu, pool.min_pods, pool.max_pods) == ("cpu", False, 1, 2)
@@ -243,17 +305,31 @@ def test_operator_rbac_is_least_privilege(helm: Path) -> None:
         assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
 
 
-def test_workers_run_as_an_account_that_can_watch_their_pod(helm: Path, tmp_path: Path) -> None:
-    objects = render(helm, "voice")
-    [pool] = operator_config(objects, "voice", tmp_path).pools
-    assert pool.service_account_name is not None
-    find(objects, "ServiceAccount", pool.service_account_name)
-    role = find(objects, "Role", pool.service_account_name)
-    assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
-    ]
-    binding = find(objects, "RoleBinding", pool.service_account_name)
-    assert binding["subjects"][0]["name"] == pool.service_account_name
+def test_workers_run_as_an_account_that_can_read_the_worker_pods_alone(
+    helm: Path, tmp_path: Path
+) -> None:
+    for values in ([], ["workerPools.gpu.enabled=true", "workerPools.cpu.maxPods=5"]):
+        objects = render(helm, "voice", values)
+        config = operator_config(objects, "voice", tmp_path)
+        accounts = {p.service_account_name for p in config.pools}
+        assert accounts == {f"{RELEASE}-worker"}
+        find(objects, "ServiceAccount", f"{RELEASE}-worker")
+        role = find(objects, "Role", f"{RELEASE}-worker")
+        names = [n for pool in config.pools for n in config.worker_pod_names(pool)]
+        assert len(names) == sum(2 * p.max_pods for p in config.pools)
+        assert role["rules"] == [
+            {
+                "apiGroups": [""],
+                "resources": ["pods"],
+                "resourceNames": names,
+                "verbs": ["get", "list", "watch"],
+            }
+        ]
+        binding = find(objects, "RoleBinding", f"{RELEASE}-worker")
+        assert binding["subjects"][0]["name"] == f"{RELEASE}-worker"
+    # No pool, no name: an empty resourceNames would grant every Pod instead.
+    objects = render(helm, "voice", ["workerPools.cpu.enabled=false"])
+    assert find(objects, "Role", f"{RELEASE}-worker")["rules"] == []
 
 
 def test_orchestrator_command_line_service_and_probes(helm: Path, tmp_path: Path) -> None:
@@ -263,22 +339,35 @@ def test_orchestrator_command_line_service_and_probes(helm: Path, tmp_path: Path
     main = container(deployment)
     opts = build_parser().parse_args(main["args"])
     assert opts.command == "orchestrator"
-    assert (opts.host, opts.port, opts.redis) == (
-        "0.0.0.0",
-        8080,
-        f"redis://{RELEASE}-redis:6379/0",
-    )
+    assert (opts.host, opts.port, opts.redis) == ("0.0.0.0", 8080, None)
     [mount] = [m for m in main["volumeMounts"] if m["name"] == "config"]
     [volume] = [
         v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "config"
     ]
     assert volume["secret"]["secretName"] == name
     assert opts.config == Path(mount["mountPath"]) / "orchestrator.yaml"
+    env = pod_env(main, "voice", secrets_of(objects))
     config = load_config(
         OrchestratorConfig,
         config_file(objects, "Secret", name, "orchestrator.yaml", tmp_path),
-        env={},
-        overrides={"host": opts.host, "port": opts.port, "redis": opts.redis},
+        env=env,
+        overrides={"host": opts.host, "port": opts.port},
+    )
+    # Redis and the workers' admin token come from Secrets, through the environment.
+    assert config.redis == f"redis://:{redis_password(objects)}@{RELEASE}-redis:6379/0"
+    admin = find(objects, "Secret", f"{RELEASE}-worker-admin")["stringData"]["token"]
+    assert config.admin_token == admin and len(admin) >= 32
+    # Mutual TLS to the workers, whose certificate names their prefix.
+    tls = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}["tls"]
+    [tls_volume] = [
+        v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls"
+    ]
+    assert tls_volume["secret"]["secretName"] == f"{name}-tls"
+    assert config.tts_tls == ClientTls(
+        ca=f"{tls}/ca.crt",
+        cert=f"{tls}/tls.crt",
+        key=f"{tls}/tls.key",
+        server_name=f"{RELEASE}-worker",
     )
     assert (config.language, config.port) == ("de", 8080)
 
@@ -369,9 +458,29 @@ def test_external_redis_replaces_the_bundled_one(helm: Path, tmp_path: Path) -> 
     url = "redis://redis.infra:6379/2"
     objects = render(helm, "voice", ["redis.enabled=false", f"redis.url={url}"])
     assert not [o for o in objects if o["metadata"]["name"] == f"{RELEASE}-redis"]
-    assert operator_config(objects, "voice", tmp_path).redis == url
+    config = operator_config(objects, "voice", tmp_path)
+    assert (config.redis, config.worker_redis, config.worker_redis_url) == (url, url, None)
     main = container(find(objects, "Deployment", f"{RELEASE}-orchestrator"))
-    assert build_parser().parse_args(main["args"]).redis == url
+    assert pod_env(main, "voice", secrets_of(objects))["DUPLEX_REDIS"] == url
+
+
+def test_external_redis_with_a_password_comes_from_its_secret(helm: Path, tmp_path: Path) -> None:
+    url = "rediss://duplex:s3cret@redis.infra:6380/2"
+    values = ["redis.enabled=false", "redis.existingSecret=infra-redis"]
+    objects = render(helm, "voice", values)
+    given = {"infra-redis": {"url": url}}
+    config = operator_config(objects, "voice", tmp_path, given)
+    assert config.redis == url
+    assert config.worker_redis_url == SecretKey(name="infra-redis", key="url")
+    pod = worker_pod(config, config.pools[0], f"{RELEASE}-worker-cpu-0", [], {})
+    [worker] = pod["spec"]["containers"]
+    assert {
+        "name": "DUPLEX_REDIS",
+        "valueFrom": {"secretKeyRef": config.worker_redis_url.model_dump()},
+    } in worker["env"]
+    main = container(find(objects, "Deployment", f"{RELEASE}-orchestrator"))
+    assert pod_env(main, "voice", secrets_of(objects, given))["DUPLEX_REDIS"] == url
+    assert "s3cret" not in yaml.safe_dump_all(objects) + json.dumps(pod)
 
 
 def test_worker_image_override_reaches_the_operator_environment(helm: Path) -> None:
@@ -380,19 +489,38 @@ def test_worker_image_override_reaches_the_operator_environment(helm: Path) -> N
     assert {"name": "DUPLEX_OPERATOR_WORKER_IMAGE", "value": "duplex-dev:dev"} in main["env"]
     # Without the override the pools' own images stand.
     default = container(find(render(helm, "voice"), "Deployment", f"{RELEASE}-operator"))
-    assert [e["name"] for e in default["env"]] == ["DUPLEX_OPERATOR_NAMESPACE", "POD_NAME"]
+    names = [e["name"] for e in default["env"]]
+    assert "DUPLEX_OPERATOR_WORKER_IMAGE" not in names and "DUPLEX_OPERATOR_REDIS" in names
 
 
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        (["redis.enabled=false"], "redis.url is required when redis.enabled is false"),
+        (
+            ["redis.enabled=false"],
+            "redis.url or redis.existingSecret is required when redis.enabled is false",
+        ),
+        (
+            ["redis.enabled=false", "redis.url=redis://:pw@redis.infra:6379/0"],
+            "redis.url carries credentials",
+        ),
+        (["tls.job.renewDays=730"], "tls.job.renewDays (730) must be less than tls.job.days"),
+        (["tls.certificates=vault"], "tls.certificates must be one of"),
         (["livekit.enabled=true"], "livekit.apiKey (or livekit.existingSecret) is required"),
         (["workerPools.cpu.minPods=3"], "workerPools.cpu: minPods (3) is more than maxPods (2)"),
         (["workerPools.cpu.minPodz=1"], "Additional property minPodz is not allowed"),
         (["workerPools.Big.minPods=1"], 'Property name of "Big" does not match'),
     ],
-    ids=["redis-url", "livekit-secret", "pool-sizes", "pool-key", "pool-name"],
+    ids=[
+        "redis-url",
+        "redis-credentials",
+        "tls-renewal",
+        "tls-source",
+        "livekit-secret",
+        "pool-sizes",
+        "pool-key",
+        "pool-name",
+    ],
 )
 def test_bad_values_fail_the_render_with_a_reason(
     helm: Path, values: list[str], message: str
@@ -494,16 +622,39 @@ def without_helm_bookkeeping(obj: Obj) -> Obj:
     return obj
 
 
+# Secrets the chart generates (random values, kept across upgrades): plain manifests cannot
+# make them; manifests/ says how to create each before applying it.
+GENERATED_SECRETS = ("orchestrator-auth", "redis", "worker-admin")
+HOOK_ANNOTATIONS = ("helm.sh/hook", "helm.sh/hook-weight", "helm.sh/hook-delete-policy")
+
+
+def as_plain_manifest(obj: Obj, namespace: str) -> Obj | None:
+    """What manifests/ holds of a rendered object, if anything.
+
+    Helm's hooks run at install, upgrade or uninstall only, not in a plain apply; but the Job
+    that makes the TLS certificates (and its account) is applied as a plain object there.
+    """
+    meta = obj["metadata"]
+    if obj["kind"] == "Secret" and meta["name"] in {
+        f"{namespace}-{name}" for name in GENERATED_SECRETS
+    }:
+        return None
+    annotations = meta.get("annotations", {})
+    if "helm.sh/hook" in annotations:
+        if meta["labels"]["app.kubernetes.io/component"] != "certificates":
+            return None
+        obj = copy.deepcopy(obj)
+        for key in HOOK_ANNOTATIONS:
+            obj["metadata"]["annotations"].pop(key, None)
+    return without_helm_bookkeeping(obj)
+
+
 def test_manifests_are_the_charts_default_rendering(helm: Path) -> None:
     namespace = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())["namespace"]
-    # Helm's hooks run at install, upgrade or uninstall only: not part of a plain apply.
-    # The orchestrator's API key is generated by the chart; plain manifests cannot make one
-    # (manifests/orchestrator.yaml says how to create it before applying them).
     rendered = {
-        (o["kind"], o["metadata"]["name"]): without_helm_bookkeeping(o)
+        (o["kind"], o["metadata"]["name"]): plain
         for o in render(helm, namespace)
-        if "helm.sh/hook" not in o["metadata"].get("annotations", {})
-        and o["metadata"]["name"] != f"{namespace}-orchestrator-auth"
+        if (plain := as_plain_manifest(o, namespace)) is not None
     }
     plain = {
         (o["kind"], o["metadata"]["name"]): o
@@ -513,6 +664,10 @@ def test_manifests_are_the_charts_default_rendering(helm: Path) -> None:
     assert sorted(plain) == sorted(rendered)
     for key, obj in plain.items():
         assert obj == rendered[key], f"manifests/ and the chart differ in {key[0]}/{key[1]}"
+    # Each Secret the Pods need but the files cannot make is explained where it is needed.
+    comments = "\n".join(p.read_text() for p in MANIFESTS.glob("*.yaml"))
+    for name in GENERATED_SECRETS:
+        assert f"create secret generic {namespace}-{name}" in comments, name
 
 
 async def test_every_manifest_passes_a_server_dry_run(
@@ -587,7 +742,7 @@ def test_tiltfile_names_what_the_chart_renders(helm: Path) -> None:
     # Tilt rewrites container images and env values that name the image it built.
     operator = container(find(objects, "Deployment", f"{RELEASE}-operator"))
     assert operator["image"].split(":")[0] == image
-    env = pod_env(operator, "tilt")
+    env = pod_env(operator, "tilt", secrets_of(objects))
     assert env["DUPLEX_OPERATOR_WORKER_IMAGE"].split(":")[0] == image
     for sync in tilt_calls(tree, "sync"):
         source, target = (tilt_value(arg, names) for arg in sync.args)
@@ -635,6 +790,104 @@ async def service_account_token(client: KubeClient, namespace: str, account: str
     return str(answer["status"]["token"])
 
 
+class PasswordRedis:
+    """redis-server on a free loopback port that asks for a password, which it reads as the
+    chart's Redis does: as configuration on its standard input."""
+
+    def __init__(self, password: str) -> None:
+        self.password = password
+        self.port = free_port()
+        command = ["redis-server", "-", "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"requirepass {password}\n".encode())
+        self.proc.stdin.close()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(64).startswith(b"-NOAUTH"):
+                        break
+            except OSError:
+                assert time.monotonic() < deadline and self.proc.poll() is None, "no redis"
+                time.sleep(0.02)
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+async def make_certificates(
+    admin: KubeClient,
+    api: KubeApiServer,
+    objects: Sequence[Obj],
+    namespace: str,
+    directory: Path,
+    **env: str,
+) -> str:
+    """Run the chart's certificates Job here, as its Pod would run it: its script, environment
+    and service account (the hook's RBAC), against `api`. Returns what it printed."""
+    hooks = [o for o in objects if o["metadata"]["name"] == f"{RELEASE}-certificates"]
+    for obj in hooks:
+        if obj["kind"] != "Job":
+            with contextlib.suppress(KubeApiError):  # there from an earlier run
+                await admin.create_object(obj, namespace=namespace)
+    main = container(find(hooks, "Job", f"{RELEASE}-certificates"))
+    account = directory / "account"
+    account.mkdir(parents=True, exist_ok=True)
+    token = await service_account_token(admin, namespace, f"{RELEASE}-certificates")
+    (account / "token").write_text(token)
+    (account / "ca.crt").write_bytes(api.ca_file.read_bytes())
+    server = urllib.parse.urlsplit(api.url)
+    pod = {
+        **{e["name"]: e["value"] for e in main["env"]},
+        "KUBERNETES_SERVICE_HOST": str(server.hostname),
+        "KUBERNETES_SERVICE_PORT": str(server.port),
+        "SERVICE_ACCOUNT_DIR": str(account),
+        **env,
+    }
+    assert main["command"] == ["python", "-c"]
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", main["args"][0]],
+        env={"PATH": os.environ["PATH"], "TMPDIR": str(directory), **pod},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+async def read_secret(client: KubeClient, namespace: str, name: str) -> dict[str, bytes]:
+    secret = await client.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+    return {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+
+
+def write_files(directory: Path, files: Mapping[str, bytes]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for key, value in files.items():
+        (directory / key).write_bytes(value)
+
+
+async def client_tls(client: KubeClient, namespace: str, directory: Path) -> ClientTls:
+    """The orchestrator's TLS settings for the workers, with its Secret's files."""
+    write_files(directory, await read_secret(client, namespace, f"{RELEASE}-orchestrator-tls"))
+    return ClientTls(
+        ca=str(directory / "ca.crt"),
+        cert=str(directory / "tls.crt"),
+        key=str(directory / "tls.key"),
+        server_name=f"{RELEASE}-worker",
+    )
+
+
 def resident(model: Obj) -> bool:
     conditions = (model.get("status") or {}).get("conditions") or []
     return any(c["type"] == "Resident" and c["status"] == "True" for c in conditions)
@@ -673,14 +926,17 @@ async def test_operator_and_worker_need_no_more_than_the_charts_rbac(
     helm: Path,
     kube_apiserver: KubeApiServer,
     kube_namespace: str,
-    redis_server: RedisServer,
     tmp_path: Path,
 ) -> None:
-    """The operator and a worker, each with its ServiceAccount's token, make a model Resident."""
+    """The operator and a worker, each with its ServiceAccount's token, make a model Resident;
+    Redis asks for a password, which reaches both from a Secret; the worker serves mutual TLS
+    with the certificates the chart's Job made."""
     ns = kube_namespace
-    objects = render(helm, ns, ["redis.enabled=false", f"redis.url={redis_server.url}"])
+    redis = PasswordRedis(secrets.token_hex(16))
+    objects = render(helm, ns, ["redis.enabled=false", "redis.existingSecret=external-redis"])
+    given = {"external-redis": {"url": redis.url}}
     rbac = [o for o in objects if o["kind"] in {"ServiceAccount", "Role", "RoleBinding"}]
-    config = operator_config(objects, ns, tmp_path)
+    config = operator_config(objects, ns, tmp_path, given)
     [pool] = config.pools
     assert pool.service_account_name is not None
     main = container(find(objects, "Deployment", f"{RELEASE}-operator"))
@@ -691,11 +947,26 @@ async def test_operator_and_worker_need_no_more_than_the_charts_rbac(
     args = [arg if arg != str(opts.config) else str(config_path) for arg in main["args"]]
     # The chart's 0.0.0.0:8081 could be taken on this machine; the probe is checked here too.
     liveness = f"http://127.0.0.1:{free_port()}/healthz"
-    env = {**pod_env(main, ns), "DUPLEX_OPERATOR_LIVENESS_ENDPOINT": liveness}
+    env = {
+        **pod_env(main, ns, secrets_of(objects, given)),
+        "DUPLEX_OPERATOR_LIVENESS_ENDPOINT": liveness,
+    }
 
     async with KubeClient.load(kube_apiserver.kubeconfig) as admin:
         for obj in rbac:
             await admin.create_object(obj, namespace=ns)
+        # What exists before the Pods start: the Secrets a user or the chart made.
+        await admin.create_object(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "external-redis"},
+                "stringData": given["external-redis"],
+            },
+            namespace=ns,
+        )
+        await admin.create_object(find(objects, "Secret", f"{RELEASE}-worker-admin"), namespace=ns)
+        await make_certificates(admin, kube_apiserver, objects, ns, tmp_path / "certificates")
         tokens = {
             role: await service_account_token(admin, ns, account)
             for role, account in (
@@ -730,18 +1001,35 @@ async def test_operator_and_worker_need_no_more_than_the_charts_rbac(
                     )
                     raise AssertionError(f"pico-en did not become Resident\n{tails}")
                 await asyncio.sleep(0.3)
-            assert kubelet.started == [f"{config.worker_prefix}-cpu-0"]
+            name = f"{config.worker_prefix}-cpu-0"
+            assert kubelet.started == [name]
             assert await asyncio.to_thread(http_status, liveness) == 200
             # The periodic pass alone would get here; kopf's watches had to wake it too, so
             # they started without waiting on a namespace or CRD listing.
             assert "Handler 'wake' succeeded" in operator.log.read_text(errors="replace")
+            # The worker serves mutual TLS: the orchestrator's certificate gets in, no
+            # certificate does not.
+            address = f"127.0.0.1:{kubelet.pods[name].port}"
+            tls = await client_tls(admin, ns, tmp_path / "orchestrator-tls")
+            async with TtsClient(address, tls=tls) as client:
+                models = {m.model_id: m for m in await client.list_models()}
+            assert models["pico-en"].is_loaded
+            async with TtsClient(
+                address, tls=ClientTls(ca=tls.ca, server_name=tls.server_name)
+            ) as bare:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await bare.list_models()
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         finally:
             await asyncio.to_thread(operator.stop)
             await kubelet.aclose()
+            redis.stop()
     logs = [operator.log, *(tmp_path / "pods").glob("*.log")]
     assert len(logs) == 2
     assert denials(logs) == []
     assert cluster_scans(operator.log) == []
+    text = "\n".join(log.read_text(errors="replace") for log in logs)
+    assert redis.password not in text
 
 
 # -- Kubernetes mode of the orchestrator ---------------------------------------------------

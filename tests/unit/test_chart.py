@@ -74,7 +74,8 @@ def test_kustomization_fixes_the_namespace_its_bindings_name() -> None:
     [ns] = [doc for doc in docs if doc["kind"] == "Namespace"]
     assert ns["metadata"]["name"] == namespace
     bindings = [doc for doc in docs if doc["kind"] == "RoleBinding"]
-    assert len(bindings) == 3  # the operator, the workers and the orchestrator
+    # The operator, the workers, the orchestrator and the Job that makes TLS certificates.
+    assert len(bindings) == 4
     assert {s["namespace"] for b in bindings for s in b["subjects"]} == {namespace}
 
 

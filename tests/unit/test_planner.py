@@ -422,6 +422,23 @@ def test_pod_names_take_the_lowest_free_number_past_pods_being_deleted() -> None
     assert list(created(planner().plan(world([full, new], pods=pods)))) == [cpu_pod(0)]
 
 
+def test_pod_names_stay_within_the_names_the_workers_role_grants() -> None:
+    # One Pod of at most one, and both names held by Pods still terminating: the pool waits.
+    pool = WorkerPool(name="cpu", max_pods=1, memory_mib=100)
+    assert OperatorConfig(pools=[pool]).worker_pod_names(pool) == [cpu_pod(0), cpu_pod(1)]
+    model = tts_model("pico-en", min_resident=1)
+    terminating = [worker(cpu_pod(n), model, deleting=True) for n in (0, 1)]
+    plan = planner(pool).plan(world([model], pods=terminating))
+    assert plan.create_pods == []
+    assert cond(plan.model_status["pico-en"], "Ready")["reason"] == "NoCapacity"
+
+    busy = pool.model_copy(update={"min_pods": 1})
+    assert planner(busy).plan(world([], pods=terminating)).create_pods == []
+    # Once one of them is gone its name is taken again.
+    plan = planner(busy).plan(world([model], pods=terminating[1:]))
+    assert list(created(plan)) == [cpu_pod(0)]
+
+
 # -- binding -----------------------------------------------------------------------------------
 
 

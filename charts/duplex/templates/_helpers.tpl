@@ -40,13 +40,101 @@ helm.sh/chart: {{ include "duplex.chart" .root }}
 {{- default (printf "%s-worker" (include "duplex.fullname" .)) .Values.operator.workerPrefix -}}
 {{- end -}}
 
-{{/* The Redis every worker registers in and the orchestrator discovers workers from. */}}
+{{/*
+The Redis every worker registers in and the orchestrator discovers workers from. The chart's own
+asks for a password, which a URL names as $(REDIS_PASSWORD): the kubelet fills it in from the
+variable of that name defined before it (duplex.redisEnv), so no spec holds the password itself.
+*/}}
 {{- define "duplex.redisUrl" -}}
 {{- if .Values.redis.enabled -}}
-redis://{{ include "duplex.fullname" . }}-redis:{{ .Values.redis.port }}/0
-{{- else -}}
-{{- required "redis.url is required when redis.enabled is false" .Values.redis.url -}}
+redis://:$(REDIS_PASSWORD)@{{ include "duplex.fullname" . }}-redis:{{ .Values.redis.port }}/0
+{{- else if not .Values.redis.existingSecret -}}
+{{- $url := required "redis.url or redis.existingSecret is required when redis.enabled is false" .Values.redis.url -}}
+{{- if regexMatch "^[a-z]+://[^/]*@" $url -}}
+{{- fail "redis.url carries credentials, which would be written into Pod specs: put the URL in a Secret (redis.existingSecret, key url)" -}}
 {{- end -}}
+{{- $url -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "duplex.redisSecret" -}}
+{{- default (printf "%s-redis" (include "duplex.fullname" .)) .Values.redis.existingSecret -}}
+{{- end -}}
+
+{{/*
+Environment entries that give a container the Redis URL in the variable `.var`: with the
+chart's Redis, its password from the Secret and then the URL naming it; with an external one,
+the URL from its Secret (or as given, when it has no password).
+*/}}
+{{- define "duplex.redisEnv" -}}
+{{- $root := .root -}}
+{{- if $root.Values.redis.enabled }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "duplex.redisSecret" $root }}
+      key: password
+- name: {{ .var }}
+  value: {{ include "duplex.redisUrl" $root | quote }}
+{{- else if $root.Values.redis.existingSecret }}
+- name: {{ .var }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.redis.existingSecret }}
+      key: url
+{{- else }}
+- name: {{ .var }}
+  value: {{ include "duplex.redisUrl" $root | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "duplex.workerAdminSecret" -}}
+{{- default (printf "%s-worker-admin" (include "duplex.fullname" .)) .Values.workerAdmin.existingSecret -}}
+{{- end -}}
+
+{{/* TLS between the orchestrator and the workers: the Secrets (kubernetes.io/tls, with ca.crt). */}}
+{{- define "duplex.tlsCaSecret" -}}
+{{- include "duplex.fullname" . }}-tls-ca
+{{- end -}}
+
+{{- define "duplex.workerTlsSecret" -}}
+{{- include "duplex.fullname" . }}-worker-tls
+{{- end -}}
+
+{{- define "duplex.orchestratorTlsSecret" -}}
+{{- include "duplex.fullname" . }}-orchestrator-tls
+{{- end -}}
+
+{{/* Where TLS Secrets are mounted, in worker and orchestrator Pods alike. */}}
+{{- define "duplex.tlsMountPath" -}}
+/etc/duplex-tls
+{{- end -}}
+
+{{/* "true" when cert-manager makes the certificates, "" when the chart's Job does. */}}
+{{- define "duplex.certManager" -}}
+{{- $source := .Values.tls.certificates -}}
+{{- if or (eq $source "cert-manager") (and (eq $source "auto") (.Capabilities.APIVersions.Has "cert-manager.io/v1/Certificate")) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+Every name a worker Pod may get: <workerPrefix>-<pool>-<n> for n below twice the pool's maxPods
+(a replacement takes a new name while the Pod it replaces terminates). The operator never
+uses another (WorkerPool.name_slots); the workers' Role grants these alone.
+*/}}
+{{- define "duplex.workerPodNames" -}}
+{{- $root := . -}}
+{{- $names := list -}}
+{{- range $name, $values := .Values.workerPools -}}
+{{- if and $values (ternary $values.enabled true (hasKey $values "enabled")) -}}
+{{- $max := ternary $values.maxPods 1 (hasKey $values "maxPods") -}}
+{{- range $n := until (mul 2 (int $max) | int) -}}
+{{- $names = append $names (printf "%s-%s-%d" (include "duplex.workerPrefix" $root) $name $n) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $names -}}
 {{- end -}}
 
 {{- define "duplex.authSecret" -}}
@@ -72,7 +160,7 @@ out of a pool's values are left out here too, so the operator's own defaults app
 */}}
 {{- define "duplex.operatorPools" -}}
 {{- $root := . -}}
-{{- $keys := dict "gpu" "gpu" "minPods" "min_pods" "maxPods" "max_pods" "memoryMiB" "memory_mib" "maxSessions" "max_sessions" "maxSessionsPerPod" "max_sessions_per_pod" "scaleDownSeconds" "scale_down_seconds" "port" "port" "metricsPort" "metrics_port" "resources" "resources" "nodeSelector" "node_selector" "tolerations" "tolerations" "env" "env" "args" "args" -}}
+{{- $keys := dict "gpu" "gpu" "minPods" "min_pods" "maxPods" "max_pods" "memoryMiB" "memory_mib" "maxSessions" "max_sessions" "maxSessionsPerPod" "max_sessions_per_pod" "scaleDownSeconds" "scale_down_seconds" "port" "port" "metricsPort" "metrics_port" "healthPort" "health_port" "resources" "resources" "nodeSelector" "node_selector" "tolerations" "tolerations" "env" "env" "args" "args" -}}
 {{- $pools := list -}}
 {{- range $name, $values := .Values.workerPools -}}
 {{- if and $values (ternary $values.enabled true (hasKey $values "enabled")) -}}
