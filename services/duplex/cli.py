@@ -363,7 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
     demo.add_argument("--model", help="TTS model to start with (default piper-joe)")
     demo.add_argument("--preload", action="append", help="more TTS models to load at start")
-    demo.add_argument("--llm", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    demo.add_argument(
+        "--llm",
+        help="who answers: local (llama.cpp with a small packaged model; the default when the "
+        "llm extra is installed), offline (built-in rules; the default otherwise), or an "
+        "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1",
+    )
     demo.add_argument("--llm-model", default="gpt-4o-mini", help="model name for --llm")
     demo.add_argument(
         "--livekit",
@@ -461,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bc.add_argument("--questions", type=int, default=3, help="questions per conversation there")
     bc.add_argument("--api-key", help="for a --url orchestrator that asks for one")
+    bc.add_argument(
+        "--llm",
+        default="offline",
+        help="who answers in the demo it starts (see duplex demo --llm; default: the built-in "
+        "rules, so that the figures time the pipeline, not a model)",
+    )
     bc.add_argument("--json", type=Path, help="also write the results as JSON")
     bc.set_defaults(func=cmd_bench_conversation)
     bs = bench.add_parser("soak", help="conversations with interruptions for minutes")

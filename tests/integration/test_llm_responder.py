@@ -48,3 +48,30 @@ async def test_streams_a_reply_from_llama_cpp(llama_server: str) -> None:
     assert len(pieces) >= 2, pieces  # streamed, not one block
     text = "".join(pieces)
     assert text.strip() and "*" not in text
+
+
+async def test_the_packaged_local_llm_answers_a_spoken_style_question() -> None:
+    """`duplex demo --llm local`: llama.cpp in-process with the packaged Qwen2.5 0.5B, joined
+    from its wheel parts and checked against its pinned hash."""
+    from duplex.orchestrator.local_llm import packaged_model
+
+    assert packaged_model().stat().st_size == 491_400_064
+    responder = make_responder(ResponderConfig(kind="local"))
+    await responder.start()
+    try:
+        pieces = [p async for p in responder.respond([], "What is the capital of France?")]
+    finally:
+        await responder.aclose()
+    text = "".join(pieces)
+    assert len(pieces) >= 2 and "paris" in text.lower(), text
+    assert "*" not in text and "#" not in text  # read aloud: no markdown
+
+
+def test_a_model_whose_parts_do_not_add_up_is_refused(tmp_path: Path) -> None:
+    from duplex.errors import ModelLoadFailed
+    from duplex.orchestrator.local_llm import packaged_model
+
+    # As if a part had changed upstream: the real parts, another pinned hash.
+    with pytest.raises(ModelLoadFailed, match="refusing to run it"):
+        packaged_model(tmp_path, sha256="0" * 64)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written is left

@@ -2,7 +2,9 @@
 
 The dependencies of the extras `all` and `operator` (following `duplex-voice[...]` references
 between extras), and the build requirements: the project itself is installed without build
-isolation. Run by the Dockerfile as `python requirements.py pyproject.toml`.
+isolation. Not `llm`: a cluster's orchestrators ask an LLM service (responder kind openai)
+rather than carry half a gigabyte of model in every Pod. Run by the Dockerfile as
+`python requirements.py pyproject.toml`.
 """
 
 import re
@@ -15,7 +17,7 @@ project = meta["project"]
 extras = project["optional-dependencies"]
 self_ref = re.compile(re.escape(project["name"]) + r"\[([^\]]+)\]")
 requirements = list(project["dependencies"]) + list(meta["build-system"]["requires"])
-wanted, seen = ["all", "operator"], set()
+wanted, seen = ["all", "operator"], {"llm"}
 while wanted:
     extra = wanted.pop()
     if extra in seen:

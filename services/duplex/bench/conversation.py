@@ -317,7 +317,7 @@ class Demo:
 
 
 @contextlib.contextmanager
-def demo_process(model: str, livekit: bool) -> Iterator[Demo]:
+def demo_process(model: str, livekit: bool, llm: str | None = None) -> Iterator[Demo]:
     """`duplex demo` in a process of its own, on a free port, until the block ends."""
     import subprocess
 
@@ -325,8 +325,10 @@ def demo_process(model: str, livekit: bool) -> Iterator[Demo]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     args = [sys.executable, "-m", "duplex.cli", "demo", "--port", str(port), "--model", model]
+    args += ["--livekit"] if livekit else []
+    args += ["--llm", llm] if llm else []
     proc = subprocess.Popen(
-        args + (["--livekit"] if livekit else []),
+        args,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -334,7 +336,7 @@ def demo_process(model: str, livekit: bool) -> Iterator[Demo]:
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
-            if "ready" in line:
+            if "duplex demo ready" in line:
                 break
         else:
             raise RuntimeError(f"demo exited with {proc.wait()}")
@@ -390,7 +392,7 @@ async def run_conversation_bench(opts: argparse.Namespace) -> int:
         return await _run_load(opts, utt)
     results: dict[str, list[Series]] = {}
     with contextlib.ExitStack() as stack:
-        url = opts.url or stack.enter_context(demo_process(opts.model, want_livekit)).url
+        url = opts.url or stack.enter_context(demo_process(opts.model, want_livekit, opts.llm)).url
         http = "http" + url.removeprefix("ws").removesuffix("/ws")
         connects: list[tuple[str, Connect]] = []
         if "websocket" in transports:
@@ -428,7 +430,7 @@ async def _run_load(opts: argparse.Namespace, utt: dict[str, list[bytes]]) -> in
     levels = [int(n) for n in opts.sessions.split(",") if n.strip()]
     loads = []
     with contextlib.ExitStack() as stack:
-        url = opts.url or stack.enter_context(demo_process(opts.model, livekit=False)).url
+        url = opts.url or stack.enter_context(demo_process(opts.model, False, opts.llm)).url
         for n in levels:
             print(f"· {n} conversations at once", file=sys.stderr, flush=True)
             loads.append(await load(url, opts.model, utt, n, opts.questions, opts.api_key))

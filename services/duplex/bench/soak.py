@@ -214,7 +214,7 @@ async def run_soak_bench(opts: argparse.Namespace) -> int:
         if opts.url:
             url, pid = opts.url, opts.pid
         else:
-            demo = stack.enter_context(demo_process(opts.model, livekit=False))
+            demo = stack.enter_context(demo_process(opts.model, False, "offline"))
             url, pid = demo.url, demo.pid
         soak = Soak(time.monotonic())
         until = soak.started + opts.minutes * 60

@@ -16,9 +16,11 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from duplex.errors import DuplexError, InvalidInput
+from duplex.orchestrator.local_llm import PACKAGED as PACKAGED_LLM
+from duplex.orchestrator.local_llm import LocalLlm
 
 
 class ResponderError(DuplexError):
@@ -36,6 +38,9 @@ class Responder(Protocol):
     def respond(self, history: Sequence[Message], user_text: str) -> AsyncIterator[str]:
         """Yield the reply as text pieces (tokens or words, with their spacing) as produced."""
         ...
+
+    async def start(self) -> None:
+        """Get ready (load a model, start a server); before the first reply."""
 
     async def aclose(self) -> None: ...
 
@@ -172,6 +177,9 @@ class OfflineResponder:
             yield word + " "
             await asyncio.sleep(0)
 
+    async def start(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         return None
 
@@ -216,6 +224,9 @@ class OpenAIResponder:
         self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+
+    async def start(self) -> None:
+        return None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -275,21 +286,62 @@ class OpenAIResponder:
             self._session = None
 
 
+class LocalResponder:
+    """llama.cpp with a small model in this process, asked like any OpenAI endpoint."""
+
+    def __init__(self, llm: LocalLlm, system_prompt: str, max_tokens: int, temperature: float):
+        self._llm = llm
+        self._settings = (system_prompt, max_tokens, temperature)
+        self._client: OpenAIResponder | None = None
+
+    async def start(self) -> None:
+        url = await self._llm.start()
+        prompt, max_tokens, temperature = self._settings
+        self._client = OpenAIResponder(
+            url, "local", system_prompt=prompt, max_tokens=max_tokens, temperature=temperature
+        )
+
+    async def respond(self, history: Sequence[Message], user_text: str) -> AsyncIterator[str]:
+        if self._client is None:
+            raise ResponderError("the local LLM has not started")
+        async for piece in self._client.respond(history, user_text):
+            yield piece
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+        await self._llm.aclose()
+
+
 class ResponderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["offline", "openai"] = "offline"
+    # offline: built-in rules; openai: any OpenAI-compatible endpoint at `url`; local:
+    # llama.cpp in this process with `local_model` (the packaged Qwen2.5 0.5B, or a GGUF path).
+    kind: Literal["offline", "openai", "local"] = "offline"
     url: str | None = None
     model: str = "gpt-4o-mini"
     api_key: str | None = None
     system_prompt: str | None = None
     max_tokens: int = 200
     temperature: float = 0.7
+    local_model: str = PACKAGED_LLM
+    # llama.cpp threads. It generates once the words are recognised, so both cores are free
+    # then: measured on 2 cores, voice-to-voice p50 729 ms with 2 threads, 870 ms with 1.
+    local_threads: int = Field(2, ge=1)
 
 
 def make_responder(config: ResponderConfig) -> Responder:
     if config.kind == "offline":
         return OfflineResponder()
+    if config.kind == "local":
+        return LocalResponder(
+            LocalLlm(config.local_model, threads=config.local_threads),
+            config.system_prompt or DEFAULT_SYSTEM_PROMPT,
+            # Spoken answers are short; a small model rambles when allowed to.
+            min(config.max_tokens, 120),
+            config.temperature,
+        )
     if not config.url:
         raise InvalidInput(
             "responder kind 'openai' needs a url, e.g. http://127.0.0.1:8000/v1 (the base that "

@@ -170,6 +170,7 @@ class Orchestrator:
         if self.config.livekit is not None:
             require_sdk()
         await self.asr.load()
+        await self.responder.start()
         await self.router.directory.start()
         if self.services.voice_sessions is not None:
             await self.services.voice_sessions.start()
