@@ -96,6 +96,13 @@ class Cluster:
         data = self.get(namespace, "secret", secret)["data"]
         return base64.b64decode(data["api-keys"]).decode().split(",")[0]
 
+    def secret(self, namespace: str, name: str) -> dict[str, bytes]:
+        """A Secret's values, decoded."""
+        import base64
+
+        data = self.get(namespace, "secret", name).get("data") or {}
+        return {key: base64.b64decode(value) for key, value in data.items()}
+
     def pods(self, namespace: str, selector: str) -> list[Obj]:
         items: list[Obj] = self.get(namespace, "pods", selector=selector)["items"]
         return items
@@ -105,6 +112,28 @@ class Cluster:
         service = self.get(namespace, "service", name)
         port = service["spec"]["ports"][0]["port"]
         return f"{scheme}://{service['spec']['clusterIP']}:{port}"
+
+
+def release_redis_url(cluster: Cluster, namespace: str, release: str) -> str:
+    """A release's Redis, with the password from the Secret the chart generated."""
+    address = cluster.service_url(namespace, f"{release}-redis", scheme="redis")
+    password = cluster.secret(namespace, f"{release}-redis")["password"].decode()
+    return address.replace("redis://", f"redis://:{password}@") + "/0"
+
+
+def orchestrator_tls(cluster: Cluster, namespace: str, release: str, directory: Path) -> Any:
+    """What a release's orchestrator reaches its workers with (a duplex.rpc.security.ClientTls):
+    its certificate and the CA, from its Secret, written to `directory`."""
+    from duplex.rpc.security import ClientTls
+
+    for key, value in cluster.secret(namespace, f"{release}-orchestrator-tls").items():
+        (directory / key).write_bytes(value)
+    return ClientTls(
+        ca=str(directory / "ca.crt"),
+        cert=str(directory / "tls.crt"),
+        key=str(directory / "tls.key"),
+        server_name=f"{release}-worker",
+    )
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,10 @@ import asyncio
 import contextlib
 import json
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -33,7 +35,9 @@ from tests.cluster.conftest import (
     condition,
     delete_namespace,
     image_values,
+    orchestrator_tls,
     pod_ready,
+    release_redis_url,
     restricted_namespace,
     run,
     until,
@@ -169,9 +173,21 @@ def test_two_operator_replicas_elect_one_and_the_other_takes_over_a_crash(
 async def conversation_side(
     cluster: Cluster, orchestrator: Obj
 ) -> AsyncIterator[tuple[Router, ClientPool, VoiceSessions]]:
-    """What an orchestrator holds, owned by the release's orchestrator Pod."""
-    redis = cluster.service_url(NAMESPACE, f"{RELEASE}-redis", scheme="redis")
-    pool = ClientPool()
+    """What an orchestrator holds, owned by the release's orchestrator Pod: its Redis
+    password, its certificate for the workers' mutual TLS and the workers' admin token."""
+    redis = release_redis_url(cluster, NAMESPACE, RELEASE)
+    with tempfile.TemporaryDirectory() as directory:
+        tls = orchestrator_tls(cluster, NAMESPACE, RELEASE, Path(directory))
+        token = cluster.secret(NAMESPACE, f"{RELEASE}-worker-admin")["token"].decode()
+        pool = ClientPool(tls=tls, admin_token=token)
+        async with _conversation_side(cluster, orchestrator, redis, pool) as side:
+            yield side
+
+
+@contextlib.asynccontextmanager
+async def _conversation_side(
+    cluster: Cluster, orchestrator: Obj, redis: str, pool: ClientPool
+) -> AsyncIterator[tuple[Router, ClientPool, VoiceSessions]]:
     router = Router(RedisDirectory(pool, redis))
     meta = orchestrator["metadata"]
     sessions = VoiceSessions(

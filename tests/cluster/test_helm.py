@@ -1,8 +1,13 @@
 """The Helm chart on a real cluster: one release, from `helm install` to `helm uninstall`.
 
-The tests run in file order on the same release: install, a model made resident, a spoken
-conversation through the orchestrator's Service, a worker Pod deleted and recreated, TTL
-eviction held off by a VoiceSession, an upgrade, and the uninstall.
+The tests run in file order on the same release: install, what it protects by default (Redis's
+password, mutual TLS and an admin token on the workers, the workers' RBAC, NetworkPolicies), a
+model made resident, a spoken conversation through the orchestrator's Service (over TLS to the
+worker), a worker Pod deleted and recreated, TTL eviction held off by a VoiceSession, an
+upgrade that keeps every generated secret, and the uninstall.
+
+This cluster's network plugin (bridge) does not enforce NetworkPolicies: the API server takes
+them here, but that only the orchestrator reaches a worker cannot be observed.
 """
 
 from __future__ import annotations
@@ -11,19 +16,23 @@ import asyncio
 import functools
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
+import grpc
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from redis.exceptions import AuthenticationError, ResponseError
 
+from duplex.audio.wav import write_wav
 from duplex.clients.talk import talk_file
 from duplex.discovery import KEY_PREFIX, WorkerRecord
 from duplex.rpc.client import TtsClient
+from duplex.rpc.security import ClientTls
 from tests.cluster.conftest import (
     ROOT,
     Cluster,
@@ -32,9 +41,10 @@ from tests.cluster.conftest import (
     condition,
     delete_namespace,
     image_values,
+    orchestrator_tls,
     pod_ready,
+    release_redis_url,
     restricted_namespace,
-    run,
     until,
 )
 from tests.conftest import Listener
@@ -91,9 +101,15 @@ def ttsmodel(cluster: Cluster, name: str) -> Obj:
     return cluster.get(NAMESPACE, "ttsmodel", name)
 
 
+def redis_url(cluster: Cluster, password: bool = True) -> str:
+    """The release's Redis, with the password from its Secret (or none)."""
+    if password:
+        return release_redis_url(cluster, NAMESPACE, RELEASE)
+    return cluster.service_url(NAMESPACE, f"{RELEASE}-redis", scheme="redis") + "/0"
+
+
 async def worker_records(cluster: Cluster) -> dict[str, WorkerRecord]:
-    url = cluster.service_url(NAMESPACE, f"{RELEASE}-redis", scheme="redis")
-    redis = aioredis.from_url(url)
+    redis = aioredis.from_url(redis_url(cluster))
     try:
         keys = [k async for k in redis.scan_iter(match=f"{KEY_PREFIX}*")]
         raws = await redis.mget(keys) if keys else []
@@ -101,6 +117,15 @@ async def worker_records(cluster: Cluster) -> dict[str, WorkerRecord]:
         return {record.name: record for record in records}
     finally:
         await redis.aclose()
+
+
+@pytest.fixture(scope="module")
+def tls(cluster: Cluster, release: str, tmp_path_factory: pytest.TempPathFactory) -> ClientTls:
+    """What the orchestrator reaches workers with: its certificate, from its Secret."""
+    found: ClientTls = orchestrator_tls(
+        cluster, NAMESPACE, RELEASE, tmp_path_factory.mktemp("orchestrator-tls")
+    )
+    return found
 
 
 async def until_async(probe: Callable[[], Awaitable[bool]], what: str, timeout: float) -> None:
@@ -134,18 +159,116 @@ def model_set(cluster: Cluster, name: str) -> list[str]:
 def test_install_runs_every_pod_in_a_restricted_namespace(cluster: Cluster, release: str) -> None:
     namespace = cluster.get("", "namespace", NAMESPACE)
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    pods = cluster.pods(NAMESPACE, f"app.kubernetes.io/instance={release}")
-    components = {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods}
-    assert {"operator", "orchestrator", "redis", "livekit"} <= components
-    assert all(pod_ready(p) for p in pods), [p["metadata"]["name"] for p in pods]
-    # The pool's minPods: the operator's worker Pod, admitted by the same policy.
+    # `helm install --wait` waited for the chart's own workloads...
+    chart_pods = [
+        p
+        for p in cluster.pods(NAMESPACE, f"app.kubernetes.io/instance={release}")
+        if p["metadata"]["labels"]["app.kubernetes.io/component"] != "worker"
+    ]
+    components = {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in chart_pods}
+    assert components == {"operator", "orchestrator", "redis", "livekit"}
+    assert all(pod_ready(p) for p in chart_pods), [p["metadata"]["name"] for p in chart_pods]
+    # ... but not for the worker Pod, which the operator creates afterwards (the pool's
+    # minPods), admitted by the same policy.
     [worker] = until(
-        lambda: [p for p in workers(cluster) if pod_ready(p)], "a worker Pod to be Ready", 120
+        lambda: [p for p in workers(cluster) if pod_ready(p)], "a worker Pod to be Ready", 180
     )
-    for each in [*pods, worker]:
+    for each in [*chart_pods, worker]:
         for main in each["spec"]["containers"]:
             assert main["securityContext"]["readOnlyRootFilesystem"] is True
             assert main["securityContext"]["allowPrivilegeEscalation"] is False
+    # The certificates hook ran before them and was removed, with its account, once it succeeded.
+    for kind in ("job", "serviceaccount", "role"):
+        listing = cluster.get(NAMESPACE, kind, selector="app.kubernetes.io/component=certificates")
+        assert listing["items"] == [], kind
+
+
+def can(cluster: Cluster, account: str, verb: str, what: str, namespace: str = NAMESPACE) -> bool:
+    """`kubectl auth can-i` as a ServiceAccount of the release."""
+    who = f"--as=system:serviceaccount:{NAMESPACE}:{account}"
+    kubectl = ["kubectl", "--kubeconfig", str(cluster.kubeconfig), "auth", "can-i"]
+    result = subprocess.run(
+        [*kubectl, verb, what, "-n", namespace, who],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.stdout.strip() in {"yes", "no"}, result.stdout + result.stderr
+    return result.stdout.strip() == "yes"
+
+
+async def test_redis_asks_for_its_password_which_no_command_line_shows(
+    cluster: Cluster, release: str
+) -> None:
+    async with aioredis.from_url(redis_url(cluster, password=False)) as stranger:
+        with pytest.raises((AuthenticationError, ResponseError), match=r"NOAUTH|authenticated"):
+            await stranger.ping()
+    async with aioredis.from_url(redis_url(cluster)) as client:
+        assert await client.ping()
+    password = cluster.secret(NAMESPACE, f"{RELEASE}-redis")["password"].decode()
+    [server] = cluster.pods(NAMESPACE, "app.kubernetes.io/component=redis")
+    cmdline = cluster.kubectl(
+        "-n", NAMESPACE, "exec", server["metadata"]["name"], "--", "cat", "/proc/1/cmdline"
+    )
+    assert cmdline.startswith("redis-server") and password not in cmdline
+    # Neither does any object of the release but its Secret.
+    for kind in ("configmaps", "deployments", "pods", "networkpolicies", "roles"):
+        assert password not in cluster.kubectl("-n", NAMESPACE, "get", kind, "-o", "json"), kind
+
+
+async def test_workers_serve_mutual_tls_and_admin_rpcs_to_the_token_holder(
+    cluster: Cluster, release: str, tls: ClientTls
+) -> None:
+    [worker] = [p for p in workers(cluster) if pod_ready(p)]
+    pod_ip = worker["status"]["podIP"]
+    address = f"{pod_ip}:50051"
+    async with TtsClient(address, tls=tls) as client:
+        assert await client.list_models()
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await client.load_model("pico-en")
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    token = cluster.secret(NAMESPACE, f"{RELEASE}-worker-admin")["token"].decode()
+    async with TtsClient(address, tls=tls, admin_token=token) as admin:
+        # An admin is let in; a model outside the Pod's set is still the operator's to place.
+        with pytest.raises(grpc.aio.AioRpcError) as outside:
+            await admin.load_model("pico-en")
+        assert outside.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    for stranger in (None, ClientTls(ca=tls.ca, server_name=tls.server_name)):
+        async with TtsClient(address, tls=stranger) as client:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await client.list_models()
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    # The kubelet's probes: gRPC health in plain text on a port of its own.
+    [main] = worker["spec"]["containers"]
+    health = main["readinessProbe"]["grpc"]["port"]
+    assert health != 50051 and main["livenessProbe"]["grpc"]["port"] == health
+    async with grpc.aio.insecure_channel(f"{pod_ip}:{health}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+        reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_the_workers_account_reads_worker_pods_alone_and_policies_are_in_place(
+    cluster: Cluster, release: str
+) -> None:
+    [worker] = [p["metadata"]["name"] for p in workers(cluster)]
+    [orchestrator] = [
+        p["metadata"]["name"]
+        for p in cluster.pods(NAMESPACE, "app.kubernetes.io/component=orchestrator")
+    ]
+    account = f"{RELEASE}-worker"
+    assert can(cluster, account, "get", f"pod/{worker}")
+    assert can(cluster, account, "watch", f"pod/{worker}")
+    assert not can(cluster, account, "get", f"pod/{orchestrator}")
+    assert not can(cluster, account, "list", "pods")
+    assert not can(cluster, account, "get", "secrets")
+    assert not can(cluster, account, "get", f"pod/{worker}", namespace="default")
+    # The API server took the policies; this cluster's bridge plugin does not enforce them.
+    policies = cluster.get(NAMESPACE, "networkpolicies")["items"]
+    assert sorted(p["metadata"]["name"] for p in policies) == [
+        f"{RELEASE}-{name}" for name in ("operator", "orchestrator", "redis", "worker")
+    ]
 
 
 async def test_applied_ttsmodel_is_resident_in_status_redis_and_the_orchestrator(
@@ -172,15 +295,17 @@ async def test_applied_ttsmodel_is_resident_in_status_redis_and_the_orchestrator
 
 
 async def test_spoken_question_gets_a_spoken_reply(
-    cluster: Cluster, release: str, tmp_path: Path, whisper: Listener
+    cluster: Cluster, release: str, tls: ClientTls, tmp_path: Path, whisper: Listener
 ) -> None:
     pod_ip = holder(cluster, "piper-joe")["status"]["podIP"]
     question = tmp_path / "question.wav"
-    # The question is spoken by the cluster's own worker, straight to its Pod address.
-    say = ["say", "What is your name?", "--out", str(question), "--model", "piper-joe"]
-    await asyncio.to_thread(
-        run, sys.executable, "-m", "duplex.cli", *say, "--worker", f"{pod_ip}:50051"
-    )
+    # The question is spoken by the cluster's own worker, straight to its Pod address, over
+    # mutual TLS with the orchestrator's certificate.
+    async with TtsClient(f"{pod_ip}:50051", tls=tls) as client:
+        await client.start_session("question", "piper-joe", {"pacing": "none"})
+        spoken = [f.frame async for f in client.say("question", "What is your name?") if f.frame]
+        await client.end_session("question")
+    write_wav(question, spoken)
     url = cluster.service_url(NAMESPACE, f"{RELEASE}-orchestrator").replace("http", "ws")
     key = cluster.api_key(NAMESPACE, f"{RELEASE}-orchestrator-auth")
     result = await talk_file(f"{url}/ws", question, timeout=60, verbose=False, api_key=key)
@@ -227,7 +352,7 @@ async def test_deleted_worker_pod_is_recreated_and_the_model_resident_again(
 
 
 async def test_voice_session_holds_its_model_and_ttl_evicts_it_after(
-    cluster: Cluster, release: str
+    cluster: Cluster, release: str, tls: ClientTls
 ) -> None:
     ttl = 3
     model = {
@@ -265,7 +390,7 @@ async def test_voice_session_holds_its_model_and_ttl_evicts_it_after(
     assert status["workerAddr"] == f"{pod_ip}:50051"
 
     async def resident_on_worker() -> bool:
-        async with TtsClient(f"{pod_ip}:50051") as client:
+        async with TtsClient(f"{pod_ip}:50051", tls=tls) as client:
             return any(m.model_id == "pico-en" and m.is_loaded for m in await client.list_models())
 
     await until_async(resident_on_worker, "pico-en to load on the bound worker", 60)
@@ -297,6 +422,11 @@ def test_upgrade_rolls_the_operator_and_orchestrator(
         return {p["metadata"]["uid"] for p in pods}
 
     before = {c: uids(c) for c in ("operator", "orchestrator", "worker")}
+    generated = [
+        f"{RELEASE}-{name}"
+        for name in ("redis", "orchestrator-auth", "worker-admin", "tls-ca", "worker-tls")
+    ] + [f"{RELEASE}-orchestrator-tls"]
+    secrets_before = {name: cluster.secret(NAMESPACE, name) for name in generated}
     cluster.helm(
         "upgrade",
         RELEASE,
@@ -328,6 +458,11 @@ def test_upgrade_rolls_the_operator_and_orchestrator(
     # The worker Pods are the operator's: an upgrade leaves them, and their models, alone.
     assert uids("worker") == before["worker"]
     assert condition(ttsmodel(cluster, "piper-joe"), "Resident")
+    # Every generated secret is kept: the password the workers hold still opens Redis, and
+    # the certificates hook ran again but found its certificates good.
+    assert {name: cluster.secret(NAMESPACE, name) for name in generated} == secrets_before
+    listing = cluster.get(NAMESPACE, "jobs", selector="app.kubernetes.io/component=certificates")
+    assert listing["items"] == []
 
 
 def test_uninstall_leaves_no_worker_pods(cluster: Cluster, release: str) -> None:

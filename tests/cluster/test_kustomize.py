@@ -62,18 +62,16 @@ def overlay(cluster: Cluster, images: Images, tmp_path_factory: pytest.TempPathF
 @pytest.fixture(scope="module")
 def installed(cluster: Cluster, overlay: Path) -> Iterator[str]:
     cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait", timeout=300)
-    # What manifests/orchestrator.yaml asks for first: the orchestrator's API key.
+    # What manifests/kustomization.yaml asks for first: the Secrets of random values that the
+    # chart generates and plain files cannot.
     cluster.kubectl("create", "namespace", NAMESPACE)
-    cluster.kubectl(
-        "-n",
-        NAMESPACE,
-        "create",
-        "secret",
-        "generic",
-        "duplex-orchestrator-auth",
-        f"--from-literal=api-keys={secrets.token_hex(20)}",
-        f"--from-literal=token-secret={secrets.token_hex(32)}",
-    )
+    for name, values in (
+        ("duplex-orchestrator-auth", {"api-keys": 20, "token-secret": 32}),
+        ("duplex-redis", {"password": 24}),
+        ("duplex-worker-admin", {"token": 24}),
+    ):
+        literals = [f"--from-literal={k}={secrets.token_hex(n)}" for k, n in values.items()]
+        cluster.kubectl("-n", NAMESPACE, "create", "secret", "generic", name, *literals)
     cluster.kubectl("apply", "-k", str(overlay))
     yield NAMESPACE
     cluster.kubectl("delete", "-k", str(overlay), "--ignore-not-found", "--wait", timeout=300)
@@ -104,6 +102,13 @@ async def test_apply_k_installs_a_system_that_serves_a_model(
         60,
     )
     assert pod_ready(worker)
+    # It serves TLS with the certificate the manifests' Job made, which ran to its end.
+    [job] = cluster.get(installed, "jobs", selector="app.kubernetes.io/component=certificates")[
+        "items"
+    ]
+    assert job["status"].get("succeeded") == 1
+    [volume] = [v for v in worker["spec"]["volumes"] if v["name"] == "tls"]
+    assert cluster.secret(installed, volume["secret"]["secretName"])["tls.crt"]
     assert (
         worker["spec"]["containers"][0]["image"]
         == cluster.get(installed, "deployment", "duplex-operator")["spec"]["template"]["spec"][
