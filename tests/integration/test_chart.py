@@ -504,7 +504,10 @@ def test_worker_image_override_reaches_the_operator_environment(helm: Path) -> N
             ["redis.enabled=false", "redis.url=redis://:pw@redis.infra:6379/0"],
             "redis.url carries credentials",
         ),
-        (["tls.job.renewDays=730"], "tls.job.renewDays (730) must be less than tls.job.days"),
+        (
+            ["tls.lifetime.renewDays=730"],
+            "tls.lifetime.renewDays (730) must be less than tls.lifetime.days",
+        ),
         (["tls.certificates=vault"], "tls.certificates must be one of"),
         (["livekit.enabled=true"], "livekit.apiKey (or livekit.existingSecret) is required"),
         (["workerPools.cpu.minPods=3"], "workerPools.cpu: minPods (3) is more than maxPods (2)"),

@@ -269,6 +269,15 @@ def test_network_policies_select_the_pods_the_chart_and_the_operator_create(
     ]
     assert selected(policies["operator"]["podSelector"], pods) == {"operator"}
     assert rules("operator") == []
+    # Every /metrics port of an isolated Pod admits the scrapers.
+    for name, spec in policies.items():
+        scraped = any(
+            {"port": "metrics", "protocol": "TCP"} in (rule.get("ports") or [])
+            for rule in spec.get("ingress") or []
+        )
+        for pod in pods:
+            if selects(spec["podSelector"], pod["metadata"]["labels"]):
+                assert scraped or "metrics" not in port_names(pod), (name, component(pod))
     # The kubelet's probes come from the node, which policies let through: the plain-text
     # health port of TLS workers is in no rule.
     worker = next(p for p in pods if component(p) == "worker/cpu")
