@@ -10,6 +10,7 @@
 #   coredns         github.com/coredns/coredns             (tools/coredns/go.mod)
 #   tilt            github.com/tilt-dev/tilt/cmd/tilt      (tools/tilt/go.mod; see build_tilt)
 #   registry        github.com/distribution/distribution/v3/cmd/registry (tools/registry/go.mod)
+#   promtool        github.com/prometheus/prometheus/cmd/promtool (tools/promtool/go.mod)
 #   pause           the Pod sandbox process                (tools/pause, our own source)
 #
 # Each is built once per version into a cache outside the checkout:
@@ -56,7 +57,7 @@ for arg in "$@"; do
     esac
 done
 all_names=(kube-apiserver etcd helm livekit-server kube-controller-manager kube-scheduler
-    kubelet kube-proxy kubectl coredns tilt registry pause)
+    kubelet kube-proxy kubectl coredns tilt registry promtool pause)
 if [ "${#names[@]}" -eq 0 ]; then
     names=("${all_names[@]}")
 fi
@@ -75,6 +76,7 @@ tool_dir() {
         coredns) echo "$here/coredns" ;;
         tilt) echo "$here/tilt" ;;
         registry) echo "$here/registry" ;;
+        promtool) echo "$here/promtool" ;;
         pause) echo "$here/pause" ;;
     esac
 }
@@ -87,6 +89,7 @@ tool_module() {
         coredns) echo "github.com/coredns/coredns" ;;
         tilt) echo "github.com/tilt-dev/tilt" ;;
         registry) echo "github.com/distribution/distribution/v3" ;;
+        promtool) echo "github.com/prometheus/prometheus" ;;
         pause) echo "" ;;
     esac
 }
@@ -99,6 +102,7 @@ tool_package() {
         coredns) echo "github.com/coredns/coredns" ;;
         tilt) echo "github.com/tilt-dev/tilt/cmd/tilt" ;;
         registry) echo "github.com/distribution/distribution/v3/cmd/registry" ;;
+        promtool) echo "github.com/prometheus/prometheus/cmd/promtool" ;;
         pause) echo "." ;;
     esac
 }
@@ -131,7 +135,7 @@ ldflags_for() {
             done
             echo "-s -w$flags"
             ;;
-        etcd|livekit-server|coredns|registry|pause)
+        etcd|livekit-server|coredns|registry|promtool|pause)
             echo "-s -w"
             ;;
         tilt)

@@ -147,6 +147,9 @@ class OperatorConfig(BaseModel):
     worker_admin_token: SecretKey | None = None
     # Serve kopf's liveness probe here (e.g. http://0.0.0.0:8081/healthz); None disables it.
     liveness_endpoint: str | None = None
+    # Serve Prometheus /metrics on this port (None: not at all), on metrics_host.
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
     leader_election: LeaderElection = LeaderElection()
 
     @model_validator(mode="after")

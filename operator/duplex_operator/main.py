@@ -27,6 +27,7 @@ from duplex import __version__
 from duplex.kube import KubeClient
 from duplex_operator.config import OperatorConfig
 from duplex_operator.leader import LeaderElector
+from duplex_operator.metrics import MetricsServer, OperatorMetrics
 from duplex_operator.reconciler import LeadershipLost, Reconciler
 from duplex_operator.resources import COMPONENT_LABEL, GROUP, TTSMODELS, VERSION, VOICESESSIONS
 
@@ -99,11 +100,14 @@ async def run(config: OperatorConfig, kubeconfig: Path | None = None) -> None:
         if config.leader_election.enabled
         else None
     )
+    metrics = OperatorMetrics()
+    metrics.follow_leadership(elector.leading if elector is not None else lambda: True)
     reconciler = Reconciler(
         config,
         client,
         instance=me,
         may_write=elector.leading if elector is not None else lambda: True,
+        metrics=metrics,
     )
     registry = build_registry(reconciler, client, elector)
     stop = asyncio.Event()
@@ -126,6 +130,13 @@ async def run(config: OperatorConfig, kubeconfig: Path | None = None) -> None:
         except* LeadershipLost:
             log.warning("leadership lost in the middle of a pass; its remaining writes dropped")
 
+    server = (
+        MetricsServer(metrics, config.metrics_host, config.metrics_port)
+        if config.metrics_port is not None
+        else None
+    )
+    if server is not None:
+        log.info("metrics on http://%s:%d/metrics", config.metrics_host, server.port)
     try:
         async with asyncio.TaskGroup() as group:
             reconcile = group.create_task(
@@ -145,5 +156,7 @@ async def run(config: OperatorConfig, kubeconfig: Path | None = None) -> None:
             await asyncio.wait([watch], return_when=asyncio.FIRST_COMPLETED)
             reconcile.cancel()
     finally:
+        if server is not None:
+            await asyncio.to_thread(server.close)
         await reconciler.aclose()
         await client.aclose()

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from duplex.discovery import EVENTS_CHANNEL, KEY_PREFIX, WorkerRecord
 from duplex.kube import KubeApiError, KubeClient, sleep_backoff
 from duplex_operator.config import OperatorConfig, redacted
+from duplex_operator.metrics import OperatorMetrics
 from duplex_operator.planner import Event, Plan, Planner, World
 from duplex_operator.resources import (
     API_VERSION,
@@ -63,8 +64,10 @@ class Reconciler:
         *,
         instance: str = "duplex-operator",
         may_write: Callable[[], bool] = lambda: True,
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics if metrics is not None else OperatorMetrics()
         self.client = client
         self.planner = Planner(config, started_at=time.time())
         # Short timeouts: an unreachable Redis must not hold up what needs no Redis.
@@ -134,14 +137,17 @@ class Reconciler:
             # Let a burst of watch events (e.g. kubectl apply -f dir/) land in one pass.
             await asyncio.sleep(0.02)
             self._wake.clear()
+            started = time.monotonic()
             try:
                 plan, refused = await self.reconcile_once()
                 failures = 0
+                self.metrics.pass_done(time.monotonic() - started, refused)
                 if not plan.empty and not refused:
                     self._wake.set()  # confirm the result at once instead of after a resync
             except (KubeApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
                 # Listing failed (the API server is away): nothing was planned, try again.
                 failures += 1
+                self.metrics.pass_failed()
                 log.warning("reconcile pass failed (%d in a row): %s", failures, exc)
                 await asyncio.sleep(min(5.0, 0.2 * 2**failures))
 

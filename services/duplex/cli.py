@@ -13,8 +13,14 @@ from pathlib import Path
 import grpc
 
 from duplex.errors import DuplexError
+from duplex.logs import FORMATS
+from duplex.logs import configure as configure_logging
 
 DEFAULT_BENCH_MODELS = "pico-en,piper-joe,pico-de"
+PLOT_HELP = "also draw the distributions into this picture, e.g. bench.png (pip install matplotlib)"
+LOG_FORMAT_HELP = (
+    "log lines as text (default) or json, with session and trace ids (or DUPLEX_LOG_FORMAT)"
+)
 
 
 def _split(values: Sequence[str] | None) -> list[str] | None:
@@ -223,6 +229,17 @@ async def _page_url(url: str, api_key: str) -> str:
         return f"{base}/?token={body['token']}"
 
 
+def cmd_check(opts: argparse.Namespace) -> int:
+    import os
+
+    from duplex.clients.check import QUESTION, run
+
+    # The Secret's api-keys may list several keys, comma-separated: any one of them will do.
+    key = opts.api_key or os.environ.get("DUPLEX_API_KEY") or ""
+    api_key = key.split(",")[0].strip() or None
+    return run(opts.url, api_key, opts.model, opts.text or QUESTION, opts.timeout)
+
+
 def cmd_page_url(opts: argparse.Namespace) -> int:
     import os
 
@@ -254,25 +271,36 @@ def cmd_operator(opts: argparse.Namespace) -> int:
     return 0
 
 
+def _plot_possible(opts: argparse.Namespace) -> None:
+    if opts.plot is not None:
+        from duplex.bench.plot import require_matplotlib
+
+        require_matplotlib()
+
+
 def cmd_bench_operator(opts: argparse.Namespace) -> int:
+    _plot_possible(opts)
     from duplex.bench.operator import run_operator_bench
 
     return asyncio.run(run_operator_bench(opts))
 
 
 def cmd_bench_conversation(opts: argparse.Namespace) -> int:
+    _plot_possible(opts)
     from duplex.bench.conversation import run_conversation_bench
 
     return asyncio.run(run_conversation_bench(opts))
 
 
 def cmd_bench_soak(opts: argparse.Namespace) -> int:
+    _plot_possible(opts)
     from duplex.bench.soak import run_soak_bench
 
     return asyncio.run(run_soak_bench(opts))
 
 
 def cmd_bench_worker(opts: argparse.Namespace) -> int:
+    _plot_possible(opts)
     from duplex.bench.worker import run_worker_bench
 
     return asyncio.run(run_worker_bench(opts))
@@ -296,6 +324,7 @@ def _add_access_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="duplex", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-format", choices=FORMATS, help=LOG_FORMAT_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     worker = sub.add_parser("worker", help="serve TTS models over gRPC")
@@ -399,6 +428,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     talk.set_defaults(func=cmd_talk)
 
+    check = sub.add_parser(
+        "check", help="check an orchestrator: its models, and one typed turn spoken back"
+    )
+    check.add_argument("--url", default="http://127.0.0.1:8080", help="the orchestrator")
+    check.add_argument("--api-key", help="its API key (or DUPLEX_API_KEY)")
+    check.add_argument("--model", help="speak with this model (default: a resident one)")
+    check.add_argument("--text", help="what to type (default: a short greeting)")
+    check.add_argument("--timeout", type=float, default=60.0, help="seconds for the whole check")
+    check.set_defaults(func=cmd_check)
+
     page = sub.add_parser(
         "page-url", help="a link to the page with a fresh session token (servers with API keys)"
     )
@@ -424,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     bw.add_argument("--runs", type=int, default=20, help="utterances per measurement")
     bw.add_argument("--sessions", default="1,3,10", help="concurrency levels for jitter")
     bw.add_argument("--json", type=Path, help="also write the results as JSON")
+    bw.add_argument("--plot", type=Path, help=PLOT_HELP)
     bw.set_defaults(func=cmd_bench_worker)
     bo = bench.add_parser("operator", help="time from applying a TTSModel to resident")
     bo.add_argument("--kubeconfig", type=Path, help="bench this cluster (default: a local one)")
@@ -449,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     bo.add_argument("--scale-pods", type=int, default=100, help="worker Pods for --scale")
     bo.add_argument("--scale-sessions", type=int, default=2000, help="VoiceSessions for --scale")
     bo.add_argument("--json", type=Path, help="also write the results as JSON")
+    bo.add_argument("--plot", type=Path, help=PLOT_HELP)
     bo.set_defaults(func=cmd_bench_operator)
     bc = bench.add_parser("conversation", help="voice-to-voice, barge-in and false barge-in")
     bc.add_argument("--url", help="bench a running orchestrator (ws://host:port/ws)")
@@ -473,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rules, so that the figures time the pipeline, not a model)",
     )
     bc.add_argument("--json", type=Path, help="also write the results as JSON")
+    bc.add_argument("--plot", type=Path, help=PLOT_HELP)
     bc.set_defaults(func=cmd_bench_conversation)
     bs = bench.add_parser("soak", help="conversations with interruptions for minutes")
     bs.add_argument("--sessions", type=int, default=10, help="conversations at once")
@@ -481,16 +523,35 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--pid", type=int, help="its process, to watch its memory")
     bs.add_argument("--model", default="piper-joe", help="TTS model for the replies")
     bs.add_argument("--json", type=Path, help="also write the results as JSON")
+    bs.add_argument("--plot", type=Path, help=PLOT_HELP)
     bs.set_defaults(func=cmd_bench_soak)
+    _everywhere(parser)
     return parser
 
 
+def _everywhere(parser: argparse.ArgumentParser) -> None:
+    """`--log-format` after any subcommand too (`duplex worker --log-format json`); there, it
+    only overrides the top-level flag when given."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                subparser.add_argument(
+                    "--log-format", choices=FORMATS, default=argparse.SUPPRESS, help=LOG_FORMAT_HELP
+                )
+                _everywhere(subparser)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
     opts = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if opts.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    log_format = opts.log_format or os.environ.get("DUPLEX_LOG_FORMAT") or "text"
+    if log_format not in FORMATS:
+        print(
+            f"duplex: error: DUPLEX_LOG_FORMAT must be one of {', '.join(FORMATS)}", file=sys.stderr
+        )
+        return 2
+    configure_logging(log_format, verbose=opts.verbose)
     # faster-whisper logs every utterance at INFO: too chatty for a live conversation.
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
     # The LiveKit SDK logs every signalling connection at INFO.

@@ -247,10 +247,14 @@ def test_operator_command_line_config_mount_and_liveness_agree(helm: Path, tmp_p
     assert config.liveness_endpoint is not None
     endpoint = re.fullmatch(r"http://0\.0\.0\.0:(\d+)(/\S+)", config.liveness_endpoint)
     assert endpoint is not None
-    [port] = main["ports"]
-    assert port["containerPort"] == int(endpoint[1])
+    ports = {p["name"]: p["containerPort"] for p in main["ports"]}
+    assert ports == {"healthz": int(endpoint[1]), "metrics": config.metrics_port}
     for probe in ("startupProbe", "livenessProbe"):
-        assert main[probe]["httpGet"] == {"path": endpoint[2], "port": port["name"]}
+        assert main[probe]["httpGet"] == {"path": endpoint[2], "port": "healthz"}
+    # /metrics on every address of the Pod, where Prometheus finds it by annotation too.
+    assert config.metrics_host == "0.0.0.0"
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(config.metrics_port)
     # Replicas elect a leader: a rollout starts the new one before it stops the old one.
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     assert deployment["spec"]["replicas"] == 1
@@ -1115,3 +1119,25 @@ async def test_the_orchestrators_account_may_claim_and_release_voice_sessions_on
         await sessions.aclose()
     listing = await kube.list(f"/apis/duplex.dev/v1alpha1/namespaces/{ns}/voicesessions")
     assert listing["items"] == []
+
+
+async def test_the_helm_test_pod_is_admitted_where_restricted_is_enforced(
+    helm: Path, kube_apiserver: KubeApiServer, kube: KubeClient
+) -> None:
+    namespace = f"r-{secrets.token_hex(3)}"
+    enforce = {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }
+    await kube.create("/api/v1/namespaces", {"metadata": {"name": namespace, "labels": enforce}})
+    try:
+        [pod] = [o for o in render(helm, namespace) if o["kind"] == "Pod"]
+        assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+        await assert_accepted(kube_apiserver, [pod], namespace)
+        # The namespace does enforce it: the same Pod without its security context is refused.
+        loose = copy.deepcopy(pod)
+        del loose["spec"]["securityContext"], loose["spec"]["containers"][0]["securityContext"]
+        with pytest.raises(AssertionError, match="violates PodSecurity"):
+            await assert_accepted(kube_apiserver, [loose], namespace)
+    finally:
+        await kube.delete(f"/api/v1/namespaces/{namespace}")

@@ -268,7 +268,8 @@ def test_network_policies_select_the_pods_the_chart_and_the_operator_create(
         ({"livekit"}, set()),  # the agent's WebRTC media, on ports of its choosing
     ]
     assert selected(policies["operator"]["podSelector"], pods) == {"operator"}
-    assert rules("operator") == []
+    # The operator's /metrics (whether it reconciles) alone; its probe comes from the kubelet.
+    assert rules("operator") == [({"namespace"}, {"metrics"})]
     # Every /metrics port of an isolated Pod admits the scrapers.
     for name, spec in policies.items():
         scraped = any(
@@ -296,7 +297,8 @@ def test_network_policies_select_the_pods_the_chart_and_the_operator_create(
     scrapers = [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}]
     assert policies[f"{RELEASE}-worker"]["ingress"][1]["from"] == scrapers
     orchestrator = policies[f"{RELEASE}-orchestrator"]["ingress"]
-    assert orchestrator[0]["from"] == [{"podSelector": {"matchLabels": {"role": "frontend"}}}]
+    # ... and the release's own `helm test` Pod (tests/integration/test_monitoring.py).
+    assert orchestrator[0]["from"][0] == {"podSelector": {"matchLabels": {"role": "frontend"}}}
     assert orchestrator[1]["from"] == scrapers
     off = render(helm, "voice", ["networkPolicy.enabled=false"])
     assert not [o for o in off if o["kind"] == "NetworkPolicy"]

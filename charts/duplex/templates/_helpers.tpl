@@ -137,6 +137,14 @@ uses another (WorkerPool.name_slots); the workers' Role grants these alone.
 {{- toYaml $names -}}
 {{- end -}}
 
+{{/* The log format of every component, in its environment (nothing for the default, text). */}}
+{{- define "duplex.logFormatEnv" -}}
+{{- if eq .Values.logFormat "json" -}}
+- name: DUPLEX_LOG_FORMAT
+  value: json
+{{- end -}}
+{{- end -}}
+
 {{- define "duplex.authSecret" -}}
 {{- default (printf "%s-orchestrator-auth" (include "duplex.fullname" .)) .Values.orchestrator.auth.existingSecret -}}
 {{- end -}}
@@ -179,6 +187,9 @@ rather than the operator's start. */ -}}
 {{- if hasKey $values $from -}}
 {{- $_ := set $pool $to (get $values $from) -}}
 {{- end -}}
+{{- end -}}
+{{- if eq $root.Values.logFormat "json" -}}
+{{- $_ := set $pool "env" (append (deepCopy ($values.env | default list)) (dict "name" "DUPLEX_LOG_FORMAT" "value" "json")) -}}
 {{- end -}}
 {{- $_ := set $pool "image" (default (include "duplex.image" $root) $values.image) -}}
 {{- $_ := set $pool "image_pull_policy" (default $root.Values.image.pullPolicy $values.imagePullPolicy) -}}

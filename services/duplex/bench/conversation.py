@@ -418,6 +418,15 @@ async def run_conversation_bench(opts: argparse.Namespace) -> int:
             failed = True
             print("failed runs:", *lines, sep="\n")
         print()
+    if opts.plot:
+        from duplex.bench.plot import plot_series
+
+        named = [
+            Series(f"{name}: {s.name}", s.unit, s.values, s.failures)
+            for name, v in results.items()
+            for s in v
+        ]
+        plot_series(opts.plot, "duplex bench conversation (at the receiving client)", named)
     if opts.json:
         text = json.dumps(
             {"conversation": {k: [s.summary() for s in v] for k, v in results.items()}}, indent=2
@@ -436,6 +445,10 @@ async def _run_load(opts: argparse.Namespace, utt: dict[str, list[bytes]]) -> in
             loads.append(await load(url, opts.model, utt, n, opts.questions, opts.api_key))
             await asyncio.sleep(2)  # let the last conversations' sessions end
     print(render_load(loads))
+    if opts.plot:
+        from duplex.bench.plot import plot_series
+
+        plot_series(opts.plot, "duplex bench conversation --sessions", [x.v2v for x in loads])
     if opts.json:
         text = json.dumps({"load": [x.summary() for x in loads]}, indent=2)
         await asyncio.to_thread(Path(opts.json).write_text, text)

@@ -303,6 +303,10 @@ async def run_operator_bench(opts: argparse.Namespace) -> int:
     lines = failure_lines(series)
     if lines:
         print("failed runs:", *lines, sep="\n")
+    if opts.plot:
+        from duplex.bench.plot import plot_series
+
+        plot_series(opts.plot, "duplex bench operator: apply TTSModel → resident", series)
     if opts.json:
         opts.json.write_text(json.dumps({"operator": [s.summary() for s in series]}, indent=2))
     return 1 if lines else 0

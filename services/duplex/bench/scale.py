@@ -350,6 +350,10 @@ async def run_scale_bench(opts: Any) -> int:
     missed = verdict(figures)
     for line in missed:
         print(f"MISSED: {line}")
+    if opts.plot:
+        from duplex.bench.plot import plot_series
+
+        plot_series(opts.plot, "duplex bench operator --scale: one reconcile pass", series)
     if opts.json:
         opts.json.write_text(
             json.dumps(

@@ -227,6 +227,14 @@ async def run_soak_bench(opts: argparse.Namespace) -> int:
                 tg.create_task(_converse(url, opts.model, utt, soak, until, seed=i))
                 await asyncio.sleep(0.3)  # staggered, as people arrive
     print(render(soak, opts.sessions, opts.minutes))
+    if opts.plot:
+        from duplex.bench.plot import plot_series
+
+        minutes = [
+            Series(f"minute {k + 1}: v2v", m.v2v.unit, m.v2v.values, m.v2v.failures)
+            for k, m in sorted(soak.minutes.items())
+        ]
+        plot_series(opts.plot, f"duplex bench soak: {opts.sessions} conversations", minutes)
     if opts.json:
         data = {
             str(k + 1): {

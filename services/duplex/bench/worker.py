@@ -342,6 +342,11 @@ async def run_worker_bench(opts: argparse.Namespace) -> int:
                 series += s
                 pacings += p
     print(render(series, pacings))
+    if opts.plot:
+        from duplex.bench.plot import plot_series
+
+        lateness = [p.lateness for p in pacings]
+        plot_series(opts.plot, "duplex bench worker", [*series, *lateness])
     if opts.json:
         opts.json.write_text(
             json.dumps(

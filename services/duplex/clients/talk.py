@@ -133,8 +133,34 @@ def _print_event(event: dict[str, Any]) -> None:
         print(f"bot: {event['text']}")
     elif kind == "state":
         print(f"[{event['state']}]")
+    elif kind == "metrics" and isinstance(event.get("turn"), dict):
+        print(turn_line(event))
     elif kind in ("error", "metrics", "barge_in", "session.started"):
         print(f"[{kind}] " + ", ".join(f"{k}={v}" for k, v in event.items() if k != "type"))
+
+
+# The stages of a turn's breakdown (the server's `metrics` event), in the order they happen.
+_STAGES = (
+    ("end_of_turn_ms", "end of turn"),
+    ("responder_ms", "responder"),
+    ("tts_ms", "TTS"),
+    ("transport_ms", "transport"),
+)
+
+
+def turn_line(event: dict[str, Any]) -> str:
+    """Where the time of a turn went: `[turn] 412 ms = end of turn 250 + responder 30 + ...`,
+    the transcription (part of the end of turn) and the trace id when there is one."""
+    turn = event["turn"]
+    parts = [f"{label} {turn[key]:.0f}" for key, label in _STAGES if key in turn]
+    v2v = event.get("voice_to_voice_ms")
+    line = f"[turn] {v2v:.0f} ms = " if isinstance(v2v, int | float) else "[turn] "
+    line += " + ".join(parts)
+    if "asr_ms" in turn:
+        line += f" (ASR {turn['asr_ms']:.0f} within the end of turn)"
+    if "trace_id" in turn:
+        line += f" · trace {turn['trace_id']}"
+    return line
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:

@@ -22,6 +22,7 @@ from duplex.audio.frame import FRAME_SECONDS, PcmFrame
 from duplex.audio.pacing import FramePacer
 from duplex.errors import first_error, from_status
 from duplex.orchestrator.responder import Message, Responder
+from duplex.orchestrator.tracing import TurnTrace
 from duplex.orchestrator.tts_link import TtsLink, TtsSession
 from duplex.rpc.client import Command, TtsClient
 from duplex.tasks import TaskSet
@@ -96,6 +97,7 @@ class Reply:
         on_text: Callable[[str], None],
         on_first_frame: Callable[[], None],
         tasks: TaskSet,
+        trace: TurnTrace,
     ) -> None:
         self._tasks = tasks  # the session's: control calls outlive neither it nor this reply
         self._link = link  # the conversation's TTS session, held across replies
@@ -103,6 +105,7 @@ class Reply:
         self._send_audio = send_audio
         self._on_text = on_text
         self._on_first_frame = on_first_frame
+        self.trace = trace  # the turn's moments: first token, first frame in and out
         self.text = TextLog()
         self.stats = ReplyStats()
         # The worker runs at most its lead ahead; the bound only guards against one that doesn't.
@@ -120,6 +123,7 @@ class Reply:
         self._control(Command.PAUSE)
 
     def resume(self) -> None:
+        self.trace.barge_in_judged("resumed")
         self._control(Command.RESUME)
         self._running.set()
 
@@ -153,6 +157,7 @@ class Reply:
         A stage's own error (busy, worker unavailable, responder failed, ...) is raised as
         itself, not wrapped in the task group's exception group.
         """
+        outcome = "failed"
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._feed(responder, history, user_text), name="feed")
@@ -161,14 +166,21 @@ class Reply:
                     await self._playout()
                 finally:
                     synth.cancel()
+            outcome = "complete"
         except BaseExceptionGroup as group:
             error = first_error(group)
             if error is None:
                 raise
             raise error from None
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self.trace.end("interrupted" if self.stopped else outcome)
         return not self.stopped
 
     async def stop(self) -> None:
+        self.trace.barge_in_judged("confirmed")
         self.stopped = True
         self._running.set()
         session = self._session
@@ -181,6 +193,7 @@ class Reply:
         last_sent = 0.0
         try:
             async for piece in responder.respond(history, user_text):
+                self.trace.first_token()
                 self.text.add(piece)
                 # Reply text reaches the client at sentence ends, or at least 4 times a second.
                 now = time.monotonic()
@@ -203,6 +216,7 @@ class Reply:
                     session.session_id, self.text.follow(start, prefix)
                 ):
                     if frame.frame is not None:
+                        self.trace.first_tts_frame()
                         await self._frames.put(frame.frame)
                     if frame.is_final:
                         await self._frames.put(_End())
@@ -257,6 +271,7 @@ class Reply:
             pacer.sent(now)
             if self.stats.first_frame_at is None:
                 self.stats.first_frame_at = now
+                self.trace.first_frame_out(now)
                 self._on_first_frame()
             self._send_audio(item)
             self.stats.last_sent_at = time.monotonic()

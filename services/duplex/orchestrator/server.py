@@ -33,6 +33,7 @@ from duplex.orchestrator.session import (
     Services,
     apply_client_message,
 )
+from duplex.orchestrator.tracing import Tracing
 from duplex.orchestrator.vad import SileroModel
 from duplex.orchestrator.voice_sessions import VoiceSessions
 from duplex.tasks import TaskSet
@@ -110,7 +111,7 @@ class WsOutput:
 
 
 class Orchestrator:
-    def __init__(self, config: OrchestratorConfig) -> None:
+    def __init__(self, config: OrchestratorConfig, tracing: Tracing | None = None) -> None:
         self.config = config
         self.metrics = OrchestratorMetrics()
         self.pool = ClientPool(tls=config.tts_tls, admin_token=config.admin_token)
@@ -131,6 +132,8 @@ class Orchestrator:
             self.metrics,
             SileroModel(),
             VoiceSessions.from_settings(config.kube) if config.kube is not None else None,
+            # A trace of every turn where the standard OTEL_EXPORTER_OTLP_* variables say.
+            tracing if tracing is not None else Tracing.from_environment(),
         )
         self._runner: web.AppRunner | None = None
         self._tasks = TaskSet("orchestrator")
@@ -215,6 +218,7 @@ class Orchestrator:
         await self.responder.aclose()
         await self.pool.aclose()
         await asyncio.to_thread(self.asr.close)
+        await asyncio.to_thread(self.services.tracing.close)
 
     async def __aenter__(self) -> Orchestrator:
         await self.start()

@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,6 +24,7 @@ import numpy.typing as npt
 from duplex.audio.frame import PcmFrame
 from duplex.audio.resample import StreamResampler
 from duplex.errors import AtCapacity, DuplexError, InvalidInput
+from duplex.logs import bind as bind_log_context
 from duplex.orchestrator.asr import ASR_RATE, Transcript, WhisperTranscriber
 from duplex.orchestrator.config import OrchestratorConfig
 from duplex.orchestrator.metrics import OrchestratorMetrics
@@ -31,6 +32,7 @@ from duplex.orchestrator.reply import Reply
 from duplex.orchestrator.responder import Message, Responder
 from duplex.orchestrator.router import ClientPool, Router
 from duplex.orchestrator.state import State, StateMachine
+from duplex.orchestrator.tracing import Tracing
 from duplex.orchestrator.tts_link import TtsLink
 from duplex.orchestrator.turn import TurnPolicy, is_backchannel, transcript_silence, words
 from duplex.orchestrator.vad import SileroModel, SileroVad, VadKind
@@ -81,6 +83,7 @@ class Services:
     vad: SileroModel  # one network for every conversation; each keeps its own state
     # On Kubernetes: each conversation claims its model with a VoiceSession.
     voice_sessions: VoiceSessions | None = None
+    tracing: Tracing = field(default_factory=Tracing)
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,7 @@ class ConversationSession:
         self._transcript_len = 0  # samples the running transcription covers
         self._spoken_len = 0  # samples of the utterance up to where its speech ended
         self._next_early_asr = 0.0  # monotonic: no partial/speculative transcript before
+        self._asr_span = (0.0, 0.0)  # when the last transcription started and ended
         # A turn cut at max_turn_seconds while the speech went on: its final transcript.
         self._cut: tuple[asyncio.Task[Transcript], float] | None = None
         self._history: list[Message] = []
@@ -228,6 +232,7 @@ class ConversationSession:
         """Admit the conversation (a TTS session it keeps to the end), then serve it."""
         self._s.metrics.sessions.inc()
         self._s.metrics.sessions_total.inc()
+        bind_log_context(session_id=self.id)
         try:
             try:
                 session = await self._link.admit()
@@ -328,6 +333,7 @@ class ConversationSession:
         transcript = await self._s.asr.transcribe(audio)
         took = time.monotonic() - started
         self._s.metrics.asr.observe(took)
+        self._asr_span = (started, started + took)
         if early:
             self._next_early_asr = time.monotonic() + took * (1 - _ASR_DUTY) / _ASR_DUTY
         return transcript
@@ -391,7 +397,7 @@ class ConversationSession:
         if self._reply is not None:
             await self._interrupt()
         self._out.send_event({"type": "transcript", "text": text, "final": True})
-        self._begin_reply(text, ended_at)
+        self._begin_reply(text, ended_at, asr=self._asr_span)
 
     def _cut_turn(self, now: float) -> None:
         """`max_turn_seconds` of unbroken speech: what was said so far is the turn (transcribed
@@ -436,6 +442,7 @@ class ConversationSession:
         paused = time.monotonic()
         self._barge_started = paused
         self._barge_onset = onset
+        self._reply.trace.barge_in(onset, paused)
         self._machine.to(State.BARGED_IN)
         self._out.send_event({"type": "playback", "action": "pause"})
         # From the arrival of the audio that holds the onset: the VAD's own delay, any backlog
@@ -520,18 +527,20 @@ class ConversationSession:
 
     # -- replies -----------------------------------------------------------------------------
 
-    def _begin_reply(self, user_text: str, ended_at: float) -> None:
+    def _begin_reply(
+        self, user_text: str, ended_at: float, asr: tuple[float, float] | None = None
+    ) -> None:
         self._s.metrics.turns.inc()
         self._machine.to(State.THINKING)
         history = list(self._history)
         self._history.append(Message("user", user_text))
+        trace = self._s.tracing.turn(self.id, ended_at, asr)
 
         def first_frame() -> None:
-            v2v = time.monotonic() - ended_at
-            self._s.metrics.voice_to_voice.observe(v2v)
+            self._s.metrics.voice_to_voice.observe(trace.voice_to_voice or 0.0)
             if self._machine.state == State.THINKING:
                 self._machine.to(State.SPEAKING)
-            self._out.send_event({"type": "metrics", "voice_to_voice_ms": round(v2v * 1000, 1)})
+            self._out.send_event(trace.metrics_event())
 
         reply = Reply(
             link=self._link,
@@ -540,6 +549,7 @@ class ConversationSession:
             on_text=self._send_reply_text,
             on_first_frame=first_frame,
             tasks=self._tasks,
+            trace=trace,
         )
         self._reply = reply
         self._reply_task = self._tasks.spawn(self._speak(reply, history, user_text), "reply")
@@ -548,6 +558,7 @@ class ConversationSession:
         self._out.send_event({"type": "reply", "text": text})
 
     async def _speak(self, reply: Reply, history: list[Message], user_text: str) -> None:
+        bind_log_context(session_id=self.id, trace_id=reply.trace.trace_id)
         await self._admitted.wait()
         try:
             complete = await reply.run(self._s.responder, history, user_text)

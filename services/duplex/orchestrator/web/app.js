@@ -31,6 +31,7 @@ const ui = {
   textInput: $('textInput'),
   sendBtn: $('sendBtn'),
   metrics: $('metrics'),
+  turn: $('turn'),
   stats: $('stats'),
 };
 
@@ -69,6 +70,7 @@ const S = {
   bufferedMs: 0,
   dropped: 0,
   metrics: {},
+  turn: null, // the last turn's breakdown: where its voice-to-voice time went
   replyAudioMs: null,
   finalAt: null, // performance.now() of the last final user input still awaiting reply audio
   models: [],
@@ -208,6 +210,62 @@ function renderMetrics() {
   row('Reply audio started (browser)', S.replyAudioMs == null ? '—' : fmtMs(S.replyAudioMs), 'browser');
   for (const [k, v] of Object.entries(S.metrics)) {
     row(metricLabel(k), typeof v === 'number' && /_ms$/.test(k) ? fmtMs(v) : String(v));
+  }
+}
+
+// A turn's stages, back to back from the end of the user's speech to the first reply frame
+// handed to the transport: their sum is the voice-to-voice time.
+const TURN_STAGES = [
+  ['end_of_turn_ms', 'End of turn', 'eot'],
+  ['responder_ms', 'Responder → first token', 'llm'],
+  ['tts_ms', 'TTS → first frame', 'tts'],
+  ['transport_ms', 'Out to the transport', 'out'],
+];
+
+function renderTurn() {
+  const el = ui.turn;
+  const t = S.turn;
+  el.textContent = '';
+  el.hidden = !t;
+  if (!t) return;
+  const stages = TURN_STAGES.filter(([k]) => typeof t[k] === 'number');
+  const total = stages.reduce((sum, [k]) => sum + t[k], 0);
+  const title = document.createElement('h3');
+  title.textContent = `Last turn · ${fmtMs(total)}`;
+  const bar = document.createElement('div');
+  bar.className = 'turn-bar';
+  bar.setAttribute('role', 'img');
+  bar.setAttribute('aria-label', stages.map(([k, label]) => `${label} ${fmtMs(t[k])}`).join(', '));
+  const list = document.createElement('dl');
+  list.className = 'metrics turn-stages';
+  for (const [k, label, cls] of stages) {
+    const seg = document.createElement('span');
+    seg.className = `seg ${cls}`;
+    seg.style.flexGrow = String(Math.max(t[k], total / 100));
+    seg.title = `${label}: ${fmtMs(t[k])}`;
+    bar.append(seg);
+    const dt = document.createElement('dt');
+    const dd = document.createElement('dd');
+    const swatch = document.createElement('i');
+    swatch.className = `swatch ${cls}`;
+    dt.append(swatch, label);
+    dd.textContent = fmtMs(t[k]);
+    list.append(dt, dd);
+  }
+  if (typeof t.asr_ms === 'number') {
+    const dt = document.createElement('dt');
+    const dd = document.createElement('dd');
+    dt.className = dd.className = 'sub';
+    dt.textContent = 'ASR (within the end of turn)';
+    dd.textContent = fmtMs(t.asr_ms);
+    list.append(dt, dd);
+  }
+  el.append(title, bar, list);
+  if (t.trace_id) {
+    const trace = document.createElement('div');
+    trace.className = 'turn-trace';
+    trace.textContent = `trace ${t.trace_id}`;
+    el.append(trace);
   }
 }
 
@@ -665,6 +723,10 @@ function onJson(text) {
         if (v === null || typeof v === 'object') continue;
         S.metrics[k] = v;
       }
+      if (msg.turn && typeof msg.turn === 'object') {
+        S.turn = msg.turn;
+        renderTurn();
+      }
       renderMetrics();
       break;
     }
@@ -936,6 +998,7 @@ window.duplex = {
   get sampleRate() { return S.ctx ? S.ctx.sampleRate : null; },
   get bufferedMs() { return S.bufferedMs; },
   get metrics() { return { ...S.metrics }; },
+  get turn() { return S.turn ? { ...S.turn } : null; },
   get replyAudioMs() { return S.replyAudioMs; },
   start,
   stop,
