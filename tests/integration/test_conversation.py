@@ -15,6 +15,7 @@ import pytest
 
 from duplex.audio.frame import PcmFrame
 from duplex.bench.client import Conversation, conversation, speech_bounds
+from duplex.bench.conversation import BACKGROUND
 from duplex.clients.talk import SEND_RATE, talk_file
 from duplex.orchestrator.config import OrchestratorConfig
 from duplex.orchestrator.server import Orchestrator
@@ -46,6 +47,7 @@ async def utterances(stack: tuple[Worker, Orchestrator]) -> dict[str, list[bytes
             "four people please.",
             "Uh-huh.",
             "Yeah.",
+            BACKGROUND,
         ],
         "piper-joe",
     )
@@ -359,3 +361,67 @@ async def test_a_lost_tts_session_is_started_again(stack: tuple[Worker, Orchestr
         second = await reply()
         assert second["type"] == "reply" and "duplex" in second["text"].lower(), second
         assert list(worker.servicer.sessions) != [sid]
+
+
+def _peak(pcm: bytes) -> int:
+    return int(np.abs(np.frombuffer(pcm, "<i2")).max())
+
+
+async def test_speech_over_the_reply_lowers_it_at_once_then_silences_it(
+    stack: tuple[Worker, Orchestrator], utterances: dict[str, list[bytes]]
+) -> None:
+    orch = stack[1]
+    conv = Conversation(_no_mic)
+    session = ConversationSession(
+        orch.services, _Output(conv), SessionStart(SEND_RATE, "piper-joe")
+    )
+    async with asyncio.TaskGroup() as tg:
+        runner = tg.create_task(session.run())
+        try:
+            await session.submit_text("Please tell me a story.")
+            assert await conv.wait_for(lambda: len(conv.frames) > 60, 30)
+            # How loud the reply's louder frames are: ducked ones stay well below.
+            loud = float(np.percentile([_peak(f) for f in conv.audio[-100:]], 90))
+            frames = utterances["Wait, stop, I have another question."]
+            onset = speech_bounds(frames)[0]
+            fed: list[float] = []
+            for pcm in frames[: onset + 25]:
+                fed.append(time.monotonic())
+                session.feed_audio(pcm)
+                await asyncio.sleep(0.02)
+            pauses = [at for at, e in conv.events if e.get("action") == "pause"]
+            ducks = [at for at, e in conv.events if e.get("action") == "duck"]
+            assert pauses and ducks and ducks[0] < pauses[0], conv.events
+            # From the VAD's onset to the pause, frames went on, lowered (-12 dB).
+            between = [
+                pcm
+                for at, pcm in zip(conv.frames, conv.audio, strict=True)
+                if ducks[0] + 0.025 < at < pauses[0]  # the first ducked frame ramps down
+            ]
+            assert between and max(_peak(f) for f in between) < 0.5 * loud, loud
+            # Silenced within a VAD window or two of the onset plus pause_after_seconds.
+            assert pauses[0] - fed[onset] < orch.config.barge_in.pause_after_seconds + 0.15
+        finally:
+            runner.cancel()
+
+
+async def test_background_speech_does_not_stop_the_reply(
+    stack: tuple[Worker, Orchestrator], utterances: dict[str, list[bytes]]
+) -> None:
+    """A television across the room (20 dB below the user) talks over the reply: it goes on,
+    neither paused nor flushed, and the television gets no answer."""
+    quiet = [
+        (np.frombuffer(f, "<i2").astype(np.float32) * 0.1).astype("<i2").tobytes()
+        for f in utterances[BACKGROUND]
+    ]
+    async with conversation(url(stack), "piper-joe") as conv:
+        conv.say(utterances["Please tell me a story."], {})
+        assert await conv.wait_for(lambda: len(conv.frames) > 75, 30)
+        conv.say(quiet, {})
+        await asyncio.sleep(len(quiet) * 0.02 + 1.5)
+        n = len(conv.frames)
+        assert await conv.wait_for(lambda: len(conv.frames) > n + 25, 5)
+        actions = [e.get("action") for e in events(conv, "playback")]
+        assert "pause" not in actions and "flush" not in actions, conv.events
+        finals = [e for e in events(conv, "transcript") if e.get("final")]
+        assert len(finals) == 1, finals  # only the user's request

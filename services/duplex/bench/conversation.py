@@ -6,8 +6,9 @@ project's own TTS, sent in real time as a microphone would, and times what the c
 - voice-to-voice: end of the user's speech → first reply frame with sound received;
 - barge-in: onset of interrupting speech in the client's stream → the last reply frame with
   sound before the reply fell silent (for at least `QUIET_SECONDS`);
-- false barge-in: a 200 ms noise burst during a reply → the longest silence the listener
-  heard around it; the reply must go on.
+- false barge-in, backchannels ("uh-huh", "yeah", "right") and background speech (a sentence
+  20 dB below the user's level, like a television across the room) during a reply → the longest
+  silence the listener heard around it; the reply must go on.
 Each run either yields a value or fails with a reason (no reply, a reply that never stops, one
 that comes back after a real interruption, ...); failures are counted and printed, never
 turned into numbers. The timeline judgements are pure functions, tested on scripted timelines.
@@ -50,6 +51,8 @@ QUESTIONS = [
 ]
 INTERRUPTION = "Wait, stop, I have another question."
 LONG_REQUEST = "Please tell me a story."
+BACKCHANNELS = ["Uh-huh.", "Yeah.", "Right."]
+BACKGROUND = "And in other news tonight, the city council voted to repair the old bridge."
 
 QUIET_SECONDS = 0.6  # a reply with no sound for this long has stopped
 REPLY_TIMEOUT = 15.0  # no reply audio this long after a question: the run failed
@@ -109,20 +112,20 @@ def judge_barge_in(onset: float, audible: Sequence[float], events: Events, until
 
 
 def judge_false_alarm(sent: float, audible: Sequence[float], events: Events, until: float) -> float:
-    """A noise burst at `sent` during a reply → the longest silence heard around it.
+    """A sound (noise, a backchannel) at `sent` over a reply → the longest silence around it.
 
     Fails when the reply was not playing, was flushed, or did not come back.
     """
     if any(
         at > sent and e["type"] == "playback" and e.get("action") == "flush" for at, e in events
     ):
-        raise Failed("the noise stopped the reply")
+        raise Failed("the sound stopped the reply")
     before = [t for t in audible if t <= sent]
     if not before or before[-1] < sent - PLAYING_WINDOW:
-        raise Failed("no reply audio was playing when the noise began")
+        raise Failed("no reply audio was playing when the sound began")
     window = [before[-1], *(t for t in audible if sent < t <= until)]
     if len(window) < 2 or window[-1] < sent + QUIET_SECONDS:
-        raise Failed("the reply did not come back after the noise")
+        raise Failed("the reply did not come back after the sound")
     return max(b - a for a, b in itertools.pairwise(window))
 
 
@@ -217,19 +220,49 @@ async def barge_in(connect: Connect, utt: dict[str, list[bytes]], runs: int) -> 
 
 
 async def false_barge_in(connect: Connect, utt: dict[str, list[bytes]], runs: int) -> Series:
-    series = Series("false barge-in: longest silence")
+    """A 200 ms noise burst over the reply."""
     rng = np.random.default_rng(3)
-    for _ in range(runs):
+    bursts = [
+        to_frames(rng.normal(0, 0.1, int(0.2 * SEND_RATE)).astype(np.float32)) for _ in range(runs)
+    ]
+    return await _over_the_reply(connect, utt, "false barge-in: longest silence", bursts)
+
+
+async def backchannel(connect: Connect, utt: dict[str, list[bytes]], runs: int) -> Series:
+    """ "Uh-huh", "Yeah", "Right" said over the reply: a listener keeps talking through them."""
+    said = [utt[BACKCHANNELS[i % len(BACKCHANNELS)]] for i in range(runs)]
+    return await _over_the_reply(connect, utt, "backchannel: longest silence", said)
+
+
+async def background(connect: Connect, utt: dict[str, list[bytes]], runs: int) -> Series:
+    """Speech not meant for the bot (a television across the room: 20 dB below the user)."""
+    quiet = [_scaled(utt[BACKGROUND], 0.1)] * runs
+    return await _over_the_reply(connect, utt, "background speech: longest silence", quiet)
+
+
+def _scaled(frames: list[bytes], gain: float) -> list[bytes]:
+    return [
+        (np.frombuffer(f, "<i2").astype(np.float32) * gain).astype("<i2").tobytes() for f in frames
+    ]
+
+
+async def _over_the_reply(
+    connect: Connect, utt: dict[str, list[bytes]], name: str, sounds: list[list[bytes]]
+) -> Series:
+    """The longest silence the listener hears around each sound said over a playing reply;
+    a reply stopped (flushed) or not back is a failure."""
+    series = Series(name)
+    for frames in sounds:
         async with connect() as conv:
             try:
                 await _reply_playing(conv, utt, 75)
-                noise = (rng.normal(0, 0.1, int(0.2 * SEND_RATE))).astype(np.float32)
+                start, _ = speech_bounds(frames)
                 sent: list[float] = []
-                conv.say(to_frames(noise), {0: sent.append})
+                conv.say(frames, {start: sent.append})
                 await conv.wait_for(lambda: bool(sent), 5)
                 if not sent:
-                    raise Failed("the noise was not sent")
-                await asyncio.sleep(RESUME_WATCH)
+                    raise Failed("the sound was not sent")
+                await asyncio.sleep(len(frames) * 0.02 + RESUME_WATCH)
                 series.add(judge_false_alarm(sent[0], conv.audible, conv.events, time.monotonic()))
             except Failed as exc:
                 series.fail(str(exc))
@@ -387,7 +420,9 @@ async def run_conversation_bench(opts: argparse.Namespace) -> int:
         print("· no livekit-server binary: measuring the WebSocket only", file=sys.stderr)
         want_livekit = False
     print("· synthesising utterances", file=sys.stderr, flush=True)
-    utt = await synthesise_utterances([*QUESTIONS, INTERRUPTION, LONG_REQUEST], "piper-joe")
+    utt = await synthesise_utterances(
+        [*QUESTIONS, INTERRUPTION, LONG_REQUEST, *BACKCHANNELS, BACKGROUND], "piper-joe"
+    )
     if opts.sessions:
         return await _run_load(opts, utt)
     results: dict[str, list[Series]] = {}
@@ -409,7 +444,10 @@ async def run_conversation_bench(opts: argparse.Namespace) -> int:
             barge = await barge_in(connect, utt, opts.runs)
             print(f"· {name}: false barge-in", file=sys.stderr, flush=True)
             false_alarm = await false_barge_in(connect, utt, opts.runs)
-            results[name] = [v2v, barge, false_alarm]
+            print(f"· {name}: backchannels and background speech", file=sys.stderr, flush=True)
+            listening = await backchannel(connect, utt, opts.runs)
+            tv = await background(connect, utt, opts.runs)
+            results[name] = [v2v, barge, false_alarm, listening, tv]
     failed = False
     for name, series in results.items():
         print(series_table(series, f"{name} (ms, at the receiving client)"))

@@ -26,6 +26,14 @@ class BargeInConfig(BaseModel):
     min_speech_seconds: float = Field(0.3, ge=0)
     # Speech this long confirms the interruption without waiting for it to end.
     confirm_after_seconds: float = Field(1.0, gt=0)
+    # Speech over the reply first lowers its volume to this share, at once...
+    duck_gain: float = Field(0.25, ge=0, le=1)
+    # ... and silences it once the speech has lasted this long (from the onset the VAD found):
+    # longer lets more "uh-huh"s through unsilenced, shorter stops sooner for "wait".
+    pause_after_seconds: float = Field(0.15, ge=0)
+    # Speech over the reply this much quieter than the user's own (a television, people
+    # across the room) does not interrupt it. The user's level is learnt from their turns.
+    background_db: float = Field(15.0, gt=0)
 
 
 class KubeSettings(BaseModel):

@@ -17,8 +17,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
+import numpy as np
 
-from duplex.audio.frame import FRAME_SECONDS, PcmFrame
+from duplex.audio.frame import FRAME_SAMPLES, FRAME_SECONDS, PcmFrame
 from duplex.audio.pacing import FramePacer
 from duplex.errors import first_error, from_status
 from duplex.orchestrator.responder import Message, Responder
@@ -112,10 +113,17 @@ class Reply:
         self._frames: asyncio.Queue[PcmFrame | _End] = asyncio.Queue(500)
         self._running = asyncio.Event()
         self._running.set()
+        self._gain = 1.0  # wanted volume (ducking), reached over the next frame
+        self._applied_gain = 1.0
         self._session: TtsSession | None = None  # what this reply speaks with now
         self.stopped = False
 
     # -- control (called by the session) ---------------------------------------------------
+
+    def duck(self, gain: float) -> None:
+        """Play on, quieter (someone speaks over the reply); `duck(1.0)` restores it. The change
+        ramps over one frame, so that it does not click."""
+        self._gain = gain
 
     def pause(self) -> None:
         """Silence now: the playout stops before its next frame; the worker is paused too."""
@@ -246,6 +254,15 @@ class Reply:
         cut = cut + 2 if cut >= 0 else 0
         return len(pieces), text[cut:]
 
+    def _with_gain(self, frame: PcmFrame) -> PcmFrame:
+        start, end = self._applied_gain, self._gain
+        self._applied_gain = end
+        if start == end == 1.0:
+            return frame
+        ramp = np.linspace(start, end, FRAME_SAMPLES, dtype=np.float32)
+        scaled = frame.samples().astype(np.float32) * ramp
+        return PcmFrame.from_samples(np.clip(scaled, -32768, 32767).astype(np.int16))
+
     async def _playout(self) -> None:
         pacer = FramePacer(self._lead)
         while True:
@@ -273,7 +290,7 @@ class Reply:
                 self.stats.first_frame_at = now
                 self.trace.first_frame_out(now)
                 self._on_first_frame()
-            self._send_audio(item)
+            self._send_audio(self._with_gain(item))
             self.stats.last_sent_at = time.monotonic()
             self.stats.frames_sent += 1
 

@@ -55,6 +55,10 @@ _STALL_SECONDS = 0.5
 # turn: the next waits for three times as long as the last one took.
 _ASR_DUTY = 0.25
 _FIELD_CHARS = 128  # model, voice and language names
+# After background speech, for this long, speech counts as the user's only within this many dB
+# of the user's level (the background's own level varies a lot from syllable to syllable).
+_BACKGROUND_HOLD_SECONDS = 3.0
+_NEAR_USER_DB = 8.0
 # A paused reply resumes only after this much silence: an unclear first word ("Wait,") can be
 # judged before the rest of an interruption, and resuming then would play a burst of reply.
 _RESUME_HOLD = 0.4
@@ -177,6 +181,13 @@ class ConversationSession:
         self._reply_task: asyncio.Task[None] | None = None
         self._barge_started = 0.0
         self._barge_onset = 0.0  # monotonic arrival of the interrupting speech's onset
+        self._barge_onset_audio = 0.0  # the same onset on the VAD's clock
+        self._barge_paused = False  # the reply was silenced (not only lowered)
+        self._levels: deque[float] = deque(maxlen=25)  # dBFS of the last half second, 20 ms each
+        self._speech_levels: list[float] = []  # ... of the utterance being spoken
+        self._user_db: float | None = None  # the user's speech level, learnt from their turns
+        self._background = False  # the speech now is background, not the user
+        self._background_until = 0.0  # VAD clock: background speech was heard until then
         self._link = TtsLink(
             services.router,
             services.pool,
@@ -277,15 +288,22 @@ class ConversationSession:
         audio16 = self._resampler.process(audio)
         self._vad_samples += audio16.size
         self._arrivals.append((self._vad_samples, arrived))
+        level = _dbfs(audio16)
+        self._levels.append(level)
         if self._vad.speaking or self._speech or self._silence_since is not None:
             self._speech.append(audio16)
+            self._speech_levels.append(level)
         else:
             self._preroll.append(audio16)
         for event in self._vad.process(audio16):
             if event.kind is VadKind.START:
-                await self._on_speech_start(self._arrival_of(event.at))
+                await self._on_speech_start(self._arrival_of(event.at), event.at)
             else:
                 self._on_speech_end(hangover=self._vad.now - event.at)
+        if self._background and self._vad.speaking and not self._is_background(level):
+            # It was background at its onset; now someone speaks at the user's level.
+            self._background = False
+            await self._on_speech_start(arrived, self._vad.now)
         if (
             self._vad.pausing
             and self._speech
@@ -304,22 +322,51 @@ class ConversationSession:
                 return arrived
         return self._arrivals[-1][1] if self._arrivals else time.monotonic()
 
-    async def _on_speech_start(self, onset: float) -> None:
+    async def _on_speech_start(self, onset: float, onset_audio: float) -> None:
         now = time.monotonic()
         if not self._speech:
             self._speech = list(self._preroll)
             self._speech_started = now
         self._silence_since = None
         self._silence_audio = None
+        # Over the bot only: speech much quieter than the user's (a television, people across
+        # the room) neither interrupts nor becomes a turn. While the bot listens, anything may be
+        # the user, who may have stepped back: ignoring them would be worse.
+        busy = self._machine.state in (State.SPEAKING, State.THINKING, State.BARGED_IN)
+        onset_level = max(list(self._levels)[-6:], default=-120.0)  # the VAD's deciding windows
+        self._background = busy and self._is_background(onset_level)
+        if self._background:
+            return
         if self._machine.state in (State.SPEAKING, State.THINKING) and self._reply is not None:
-            await self._soft_pause(onset)
+            await self._duck(onset, onset_audio)
+        elif self._machine.state == State.BARGED_IN:
+            self._barge_onset_audio = onset_audio  # more speech: silence it if it goes on
+
+    def _is_background(self, level: float) -> bool:
+        user = self._user_db
+        if user is None:
+            return False
+        # Just after background speech, more of it is likely (a television talks on): then
+        # only speech near the user's own level counts as the user.
+        margin = self._s.config.barge_in.background_db
+        if self._vad.now < self._background_until:
+            margin = min(margin, _NEAR_USER_DB)
+        return level < user - margin
+
+    def _learn_user_level(self) -> None:
+        """The user's speech level, from their turns (the loud part of each utterance)."""
+        if not self._speech_levels:
+            return
+        level = float(np.percentile(self._speech_levels, 90))
+        self._user_db = level if self._user_db is None else 0.7 * self._user_db + 0.3 * level
 
     def _on_speech_end(self, hangover: float) -> None:
         # Silence began a little before the VAD could tell (its hangover).
         self._silence_since = time.monotonic() - hangover
         self._silence_audio = self._vad.now - hangover
         self._spoken_len = sum(a.size for a in self._speech) - int(hangover * ASR_RATE)
-        self._start_transcript()
+        if not self._background:
+            self._start_transcript()
 
     def _start_transcript(self, *, early: bool = False) -> None:
         if self._transcript is not None and not self._transcript.done():
@@ -355,6 +402,11 @@ class ConversationSession:
             return
         if not self._speech:
             return
+        if self._background:
+            if not speaking:
+                self._background_until = self._vad.now + _BACKGROUND_HOLD_SECONDS
+                self._reset_utterance()  # speech not meant for the bot: no turn
+            return
         if speaking:
             if now - self._speech_started > self._policy.max_turn_seconds:
                 self._cut_turn(now)
@@ -387,6 +439,7 @@ class ConversationSession:
         if self._silent_for(now) < transcript_silence(transcript, self._policy):
             return
         ended_at = self._silence_since
+        self._learn_user_level()
         self._reset_utterance()
         await self._take_turn(text, ended_at)
 
@@ -405,6 +458,7 @@ class ConversationSession:
         audio = np.concatenate(self._speech)
         if self._cut is None:
             self._cut = (self._tasks.spawn(self._transcribe(audio, early=False), "asr-cut"), now)
+        self._learn_user_level()
         self._reset_utterance()
         self._speech_started = now
 
@@ -427,6 +481,8 @@ class ConversationSession:
 
     def _reset_utterance(self) -> None:
         self._speech = []
+        self._speech_levels = []
+        self._background = False
         self._silence_since = None
         self._silence_audio = None
         self._transcript = None
@@ -435,15 +491,27 @@ class ConversationSession:
 
     # -- barge-in ----------------------------------------------------------------------------
 
-    async def _soft_pause(self, onset: float) -> None:
-        """Speech while the bot talks: silence it now, decide later whether to resume."""
+    async def _duck(self, onset: float, onset_audio: float) -> None:
+        """Speech while the bot talks: lower the reply at once; silence it if the speech goes
+        on (`_judge_interruption`); decide later whether to resume."""
+        assert self._reply is not None
+        gain = self._s.config.barge_in.duck_gain
+        self._reply.duck(gain)
+        self._out.send_event({"type": "playback", "action": "duck", "gain": gain})
+        self._barge_started = time.monotonic()
+        self._barge_onset = onset
+        self._barge_onset_audio = onset_audio
+        self._barge_paused = False
+        self._machine.to(State.BARGED_IN)
+
+    def _silence_reply(self) -> None:
+        """The speech over the reply went on: silence it now, decide later whether to resume."""
         assert self._reply is not None
         self._reply.pause()
+        self._barge_paused = True
         paused = time.monotonic()
-        self._barge_started = paused
-        self._barge_onset = onset
+        onset = self._barge_onset
         self._reply.trace.barge_in(onset, paused)
-        self._machine.to(State.BARGED_IN)
         self._out.send_event({"type": "playback", "action": "pause"})
         # From the arrival of the audio that holds the onset: the VAD's own delay, any backlog
         # in front of it and the time to act all count.
@@ -461,6 +529,13 @@ class ConversationSession:
 
     async def _judge_interruption(self, speaking: bool, now: float) -> None:
         cfg = self._s.config.barge_in
+        if (
+            speaking
+            and not self._barge_paused
+            and self._reply is not None
+            and self._vad.now - self._barge_onset_audio >= cfg.pause_after_seconds
+        ):
+            self._silence_reply()
         elapsed = now - self._barge_started
         if speaking and elapsed < cfg.confirm_after_seconds:
             return
@@ -482,9 +557,10 @@ class ConversationSession:
         duration = sum(a.size for a in self._speech) / ASR_RATE - _PREROLL_SECONDS
         if duration >= cfg.min_speech_seconds and words(text) and not is_backchannel(text):
             await self._confirm_interruption()
-        elif self._silent_for(now) >= _RESUME_HOLD:
+        elif is_backchannel(text) or self._silent_for(now) >= _RESUME_HOLD:
+            # A clear "uh-huh" resumes at once; nothing clear (a cough, or an unclear first
+            # word like "Wait,") only after a pause long enough to show nothing follows.
             await self._resume_after_false_alarm(transcript.text)
-        # else: not yet; a pause inside "Wait, stop" must not let the reply blurt out a word
 
     async def _resume_after_false_alarm(self, text: str) -> None:
         self._reset_utterance()
@@ -494,9 +570,13 @@ class ConversationSession:
         if reply is None or self._reply_task is None or self._reply_task.done():
             self._machine.to(State.LISTENING)
             return
-        reply.resume()
+        if self._barge_paused:
+            reply.resume()
+            self._out.send_event({"type": "playback", "action": "resume"})
+        reply.duck(1.0)
+        self._out.send_event({"type": "playback", "action": "duck", "gain": 1.0})
+        self._barge_paused = False
         self._machine.to(State.SPEAKING)
-        self._out.send_event({"type": "playback", "action": "resume"})
         log.info("resumed after %r", text)
 
     async def _confirm_interruption(self) -> None:
@@ -602,6 +682,13 @@ class ConversationSession:
     async def _error(self, code: str, message: str) -> None:
         self._s.metrics.errors.labels(code).inc()
         self._out.send_event({"type": "error", "code": code, "message": message})
+
+
+def _dbfs(audio: npt.NDArray[np.float32]) -> float:
+    """The level of a chunk of audio, in dB below full scale."""
+    if not audio.size:
+        return -120.0
+    return float(10 * np.log10(float(np.mean(audio * audio)) + 1e-12))
 
 
 def _result(task: asyncio.Task[Transcript]) -> Transcript:
