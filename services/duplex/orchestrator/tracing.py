@@ -68,8 +68,13 @@ class Tracing:
             ) from None
         named = {} if env.get("OTEL_SERVICE_NAME") else {"service.name": SERVICE_NAME}
         provider = TracerProvider(resource=Resource.create(named))
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        log.info("exporting a trace of every turn to %s", env[endpoint])
+        # The specification's rule: the traces variable is the whole URL, the general one a
+        # base to which the signal's path is added.
+        url = (
+            env.get(ENDPOINT_VARIABLES[0]) or env[ENDPOINT_VARIABLES[1]].rstrip("/") + "/v1/traces"
+        )
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
+        log.info("exporting a trace of every turn to %s", url)
         return cls(provider)
 
     @property
