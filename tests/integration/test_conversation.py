@@ -153,6 +153,22 @@ async def test_pause_after_unfinished_clause_does_not_take_the_floor(
         assert len(finals) == 1 and "table" in finals[0] and "people" in finals[0], conv.events
 
 
+async def test_a_held_up_loop_is_not_the_users_silence(
+    stack: tuple[Worker, Orchestrator], utterances: dict[str, list[bytes]]
+) -> None:
+    """A busy CPU that holds the event loop up mid-pause (here: 1.6 s) delays the client's
+    frames; the wait must not count as the user's silence and end the turn mid-sentence."""
+    head = utterances["I would like to book a table for"]
+    frames = head + [bytes(640)] * 65 + utterances["four people please."]
+    async with conversation(url(stack), "piper-joe") as conv:
+        conv.say(frames, {len(head) + 40: lambda _: time.sleep(1.6)})
+        assert await conv.wait_for(
+            lambda: any(e.get("final") for e in events(conv, "transcript")), 20
+        )
+        finals = [str(e["text"]).lower() for e in events(conv, "transcript") if e.get("final")]
+        assert len(finals) == 1 and "table" in finals[0] and "people" in finals[0], conv.events
+
+
 async def test_typed_text_and_bad_input(stack: tuple[Worker, Orchestrator]) -> None:
     async with aiohttp.ClientSession() as http, http.ws_connect(url(stack)) as ws:
 

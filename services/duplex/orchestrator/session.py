@@ -50,6 +50,7 @@ _UNCLEAR = 0.4
 # No audio for this long while the VAD hears speech: the client stopped sending mid-sentence
 # (a dropped connection, a muted tab, the end of a file), and the speech ended with it.
 _STALL_SECONDS = 0.5
+_TICK_SECONDS = 0.05  # the listener's clock when no audio comes
 # Transcripts taken while the user still speaks (partials, and speculative ones at every
 # dip in the voice) may use the ASR thread at most this share of the time, however long the
 # turn: the next waits for three times as long as the last one took.
@@ -168,7 +169,10 @@ class ConversationSession:
         # arrived, not by the wall clock: when the loop falls behind on a busy CPU, a backlog
         # of frames must not read as a pause and end the user's turn mid-sentence.
         self._silence_audio: float | None = None
-        self._last_frame_at = time.monotonic()
+        # How long no audio has come, counted only while this loop runs on time: a loop held up
+        # (a busy CPU, a long callback) finds the client's frames queued when it runs again,
+        # and that wait is not the client's silence.
+        self._starved = 0.0
         self._transcript: asyncio.Task[Transcript] | None = None
         self._transcript_len = 0  # samples the running transcription covers
         self._spoken_len = 0  # samples of the utterance up to where its speech ended
@@ -272,18 +276,21 @@ class ConversationSession:
             self.closed.set()
 
     async def _listen(self) -> None:
+        tick = time.monotonic()
         while True:
             try:
-                async with asyncio.timeout(0.05):
+                async with asyncio.timeout(_TICK_SECONDS):
                     pcm, arrived = await self._audio.get()
             except TimeoutError:
-                pass  # no audio: still let timers (end of turn) run
+                # No audio: still let timers (end of turn) run.
+                self._starved += min(time.monotonic() - tick, 2 * _TICK_SECONDS)
             else:
+                self._starved = 0.0
                 await self._hear(pcm, arrived)
+            tick = time.monotonic()
             await self._decide()
 
     async def _hear(self, pcm: bytes, arrived: float) -> None:
-        self._last_frame_at = time.monotonic()
         audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
         audio16 = self._resampler.process(audio)
         self._vad_samples += audio16.size
@@ -389,9 +396,9 @@ class ConversationSession:
         """Called every frame (or 50 ms): act on what the listener knows now."""
         speaking = self._vad.speaking
         now = time.monotonic()
-        if speaking and now - self._last_frame_at > _STALL_SECONDS:
+        if speaking and self._starved > _STALL_SECONDS:
             self._vad.end_speech()
-            self._on_speech_end(hangover=now - self._last_frame_at)
+            self._on_speech_end(hangover=self._starved)
             speaking = False
         if self._cut is not None and self._cut[0].done():
             cut, ended_at = self._cut
@@ -476,7 +483,7 @@ class ConversationSession:
             return now - self._silence_since
         # A client that stops sending audio (end of a file, a muted tab) still ends its turn:
         # wall time since its last frame counts once it exceeds one frame's slack.
-        stalled = max(0.0, now - self._last_frame_at - 0.1)
+        stalled = max(0.0, self._starved - 0.1)
         return self._vad.now - self._silence_audio + stalled
 
     def _reset_utterance(self) -> None:
