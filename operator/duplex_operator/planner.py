@@ -22,14 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from duplex.discovery import WorkerRecord, voice_session_of
+from duplex.modelset import MODEL_ADDED, MODEL_SET, MODEL_SPECS, format_model_set
 from duplex_operator.config import DEFAULT_SCALE_DOWN_SECONDS, OperatorConfig, WorkerPool
 from duplex_operator.pods import model_set_metadata, worker_pod
 from duplex_operator.resources import (
     ANNOTATION_BUDGET,
     ENTRY_LIMIT,
-    MODEL_ADDED,
-    MODEL_SET,
-    MODEL_SPECS,
     InvalidObject,
     TtsModel,
     VoiceSession,
@@ -734,7 +732,7 @@ class _Pass:
             models = [self.by_id[m] for m in self.sets[name] if m in self.by_id]
             annotations, owners = model_set_metadata(models, self.added[name])
             current = {
-                MODEL_SET: ",".join(pod.model_set),
+                MODEL_SET: format_model_set(pod.model_set),
                 MODEL_SPECS: pod.specs,
                 MODEL_ADDED: pod.added_raw,
             }

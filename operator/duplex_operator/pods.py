@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import copy
-import json
 from typing import Any
 
+from duplex.modelset import (
+    MODEL_ADDED,
+    MODEL_SET,
+    MODEL_SPECS,
+    format_model_added,
+    format_model_set,
+    format_model_specs,
+)
 from duplex_operator.config import GPU_RESOURCE, OperatorConfig, SecretKey, WorkerPool
 from duplex_operator.resources import (
     API_VERSION,
     COMPONENT_LABEL,
-    MODEL_ADDED,
-    MODEL_SET,
-    MODEL_SPECS,
     POOL_LABEL,
     TtsModel,
 )
@@ -40,9 +44,9 @@ def model_set_metadata(
     """
     ids = [m.model_id for m in models]
     annotations = {
-        MODEL_SET: ",".join(ids),
-        MODEL_SPECS: json.dumps([m.entry for m in models], sort_keys=True),
-        MODEL_ADDED: json.dumps({k: round(added[k], 3) for k in ids if k in added}, sort_keys=True),
+        MODEL_SET: format_model_set(ids),
+        MODEL_SPECS: format_model_specs(m.entry for m in models),
+        MODEL_ADDED: format_model_added(added, ids),
     }
     owners = [
         {

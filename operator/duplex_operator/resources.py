@@ -6,11 +6,20 @@ API server; `parse_*` are the only places that know the wire shape.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+
+from duplex.modelset import (
+    MODEL_ADDED,
+    MODEL_SET,
+    MODEL_SPECS,
+    entry_bytes,
+    entry_from_spec,
+    parse_model_added,
+    parse_model_set,
+)
 
 T = TypeVar("T")
 
@@ -20,10 +29,6 @@ API_VERSION = f"{GROUP}/{VERSION}"
 TTSMODELS = "ttsmodels"
 VOICESESSIONS = "voicesessions"
 
-MODEL_SET = "duplex.dev/model-set"
-MODEL_SPECS = "duplex.dev/model-specs"
-# JSON {model_id: unix time it entered the set}: minimum residency survives operator restarts.
-MODEL_ADDED = "duplex.dev/model-added"
 POOL_LABEL = "duplex.dev/pool"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 WORKER_SELECTOR = f"app.kubernetes.io/name=duplex,{COMPONENT_LABEL}=worker"
@@ -68,8 +73,8 @@ class TtsModel:
 
     @property
     def entry_bytes(self) -> int:
-        """What the entry adds to a Pod's model-specs annotation (as pods.py encodes it)."""
-        return len(json.dumps(self.entry, sort_keys=True).encode())
+        """What the entry adds to a Pod's model-specs annotation."""
+        return entry_bytes(self.entry)
 
     def condition(self, kind: str) -> dict[str, Any] | None:
         for cond in self.status.get("conditions") or []:
@@ -170,18 +175,7 @@ def _meta(obj: dict[str, Any]) -> dict[str, Any]:
 def parse_model(obj: dict[str, Any]) -> TtsModel:
     meta, spec = _meta(obj), obj.get("spec") or {}
     resources = spec.get("resources") or {}
-    entry: dict[str, Any] = {
-        "id": spec["modelId"],
-        "family": spec["family"],
-        "source": spec.get("source", "package"),
-        "languages": list(spec.get("languages") or ["en"]),
-        "voices": list(spec.get("voices") or []),
-        "default_voice": spec.get("defaultVoice"),
-        "memory_mib": int(resources.get("memoryMiB", 200)),
-        "threads": int(spec.get("threads", 1)),
-        "description": spec.get("description", ""),
-        "options": dict(spec.get("options") or {}),
-    }
+    entry = entry_from_spec(spec)
     return TtsModel(
         name=meta["name"],
         uid=meta.get("uid", ""),
@@ -189,7 +183,7 @@ def parse_model(obj: dict[str, Any]) -> TtsModel:
         model_id=spec["modelId"],
         family=spec["family"],
         gpu=bool(resources.get("gpu", False)),
-        memory_mib=int(resources.get("memoryMiB", 200)),
+        memory_mib=entry["memory_mib"],
         min_resident=int(spec.get("minResident", 0)),
         ttl_seconds=int(spec.get("ttlSeconds", 600)),
         min_residency_seconds=int(spec.get("minResidencySeconds", 30)),
@@ -214,16 +208,6 @@ def parse_session(obj: dict[str, Any]) -> VoiceSession:
     )
 
 
-def parse_added(value: str | None) -> dict[str, float]:
-    try:
-        data = json.loads(value or "{}")
-    except ValueError:
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {str(k): float(v) for k, v in data.items() if isinstance(v, int | float)}
-
-
 def parse_pod(obj: dict[str, Any]) -> WorkerPod:
     meta = _meta(obj)
     annotations = meta.get("annotations") or {}
@@ -233,12 +217,11 @@ def parse_pod(obj: dict[str, Any]) -> WorkerPod:
         for p in container.get("ports") or []:
             if p.get("name") == "grpc":
                 port = int(p["containerPort"])
-    model_set = [m.strip() for m in (annotations.get(MODEL_SET) or "").split(",") if m.strip()]
     return WorkerPod(
         name=meta["name"],
         pool=labels.get(POOL_LABEL, ""),
-        model_set=list(dict.fromkeys(model_set)),
-        added=parse_added(annotations.get(MODEL_ADDED)),
+        model_set=parse_model_set(annotations.get(MODEL_SET)),
+        added=parse_model_added(annotations.get(MODEL_ADDED)),
         created=parse_time(meta.get("creationTimestamp")) or 0.0,
         deleting=bool(meta.get("deletionTimestamp")),
         ip=(obj.get("status") or {}).get("podIP"),

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
+from duplex.modelset import MODEL_SET
 from duplex_operator.devcluster import PLUGIN_USER, KubeApiServer
-from duplex_operator.resources import MODEL_SET
 from tests.conftest import RedisServer
 from tests.kube_cluster import (
     Cluster,

@@ -12,9 +12,9 @@ import pytest
 
 from duplex.discovery import session_id_for, voice_session_of
 from duplex.kube import KubeApiError, KubeClient
+from duplex.modelset import MODEL_SET, MODEL_SPECS
 from duplex.rpc.client import TtsClient
 from duplex.worker.config import WorkerConfig
-from duplex.worker.podwatch import MODEL_SET_ANNOTATION, MODEL_SPECS_ANNOTATION
 from duplex.worker.server import Worker
 from duplex_operator.devcluster import KubeApiServer
 
@@ -30,7 +30,7 @@ async def make_pod(kube: KubeClient, namespace: str, name: str, model_set: str) 
     await kube.create(
         f"/api/v1/namespaces/{namespace}/pods",
         {
-            "metadata": {"name": name, "annotations": {MODEL_SET_ANNOTATION: model_set}},
+            "metadata": {"name": name, "annotations": {MODEL_SET: model_set}},
             "spec": {"containers": [{"name": "worker", "image": "duplex:test"}]},
         },
     )
@@ -77,15 +77,13 @@ async def test_worker_loads_and_unloads_what_its_pod_names(
             kube,
             kube_namespace,
             "w-0",
-            **{MODEL_SET_ANNOTATION: "pico-custom", MODEL_SPECS_ANNOTATION: json.dumps([custom])},
+            **{MODEL_SET: "pico-custom", MODEL_SPECS: json.dumps([custom])},
         )
         await until(lambda: worker.manager.resident_ids() == ["pico-custom"], "swap")
         assert worker.manager.catalog.get("pico-custom").default_voice == "en-GB"
 
         # An id it cannot load is reported, and does not block the rest of the set.
-        await annotate(
-            kube, kube_namespace, "w-0", **{MODEL_SET_ANNOTATION: "pico-custom,nope,tone"}
-        )
+        await annotate(kube, kube_namespace, "w-0", **{MODEL_SET: "pico-custom,nope,tone"})
         await until(lambda: worker.manager.resident_ids() == ["pico-custom", "tone"], "both")
         record = worker.record()
         assert "unknown model id 'nope'" in record.model_errors["nope"]
@@ -96,7 +94,7 @@ async def test_worker_loads_and_unloads_what_its_pod_names(
             kube,
             kube_namespace,
             "w-0",
-            **{MODEL_SET_ANNOTATION: "tone", MODEL_SPECS_ANNOTATION: "{not json"},
+            **{MODEL_SET: "tone", MODEL_SPECS: "{not json"},
         )
         await until(lambda: worker.manager.resident_ids() == ["tone"], "tone only")
 
@@ -138,7 +136,7 @@ async def test_the_operator_places_models_not_the_workers_clients(
             await client.unload_model("tone")
             await until(lambda: worker.manager.resident_ids() == ["tone"], "tone back")
             # Out of the set, then it goes for good.
-            await annotate(kube, kube_namespace, "w-1", **{MODEL_SET_ANNOTATION: ""})
+            await annotate(kube, kube_namespace, "w-1", **{MODEL_SET: ""})
             await until(lambda: worker.manager.resident_ids() == [], "the set emptied")
             await asyncio.sleep(0.3)
             assert worker.manager.resident_ids() == []

@@ -23,9 +23,9 @@ import yaml
 from duplex import kube
 from duplex.errors import InvalidInput
 from duplex.kube import KubeClient, KubeCredentials, KubeSource
-from duplex.worker.podwatch import parse_model_set, parse_model_specs
+from duplex.modelset import MODEL_SET, MODEL_SPECS, parse_model_set, parse_model_specs
 from duplex_operator.pods import model_set_metadata
-from duplex_operator.resources import MODEL_SET, MODEL_SPECS, parse_model
+from duplex_operator.resources import parse_model
 from tests.kubeconfigs import exec_user
 
 

@@ -7,40 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from duplex.modelset import ModelEntry
 from duplex.worker.adapters import ModelSpec
-
-
-class ModelEntry(BaseModel):
-    """A catalog entry from the config file, e.g. a Piper voice on disk."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    family: str
-    source: str = "package"
-    languages: list[str] = ["en"]
-    voices: list[str] = []
-    default_voice: str | None = None
-    memory_mib: int = Field(100, ge=1)
-    threads: int = Field(1, ge=1)
-    description: str = ""
-    options: dict[str, str] = {}
-    device: str | None = Field(None, pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$")
-
-    def to_spec(self) -> ModelSpec:
-        return ModelSpec(
-            model_id=self.id,
-            family=self.family,
-            source=self.source,
-            languages=tuple(self.languages),
-            voices=tuple(self.voices),
-            default_voice=self.default_voice,
-            memory_mib=self.memory_mib,
-            threads=self.threads,
-            description=self.description,
-            options=dict(self.options),
-            device=self.device,
-        )
 
 
 class ManagerConfig(BaseModel):

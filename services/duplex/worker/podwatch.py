@@ -15,37 +15,13 @@ import logging
 from typing import Any
 
 import aiohttp
-from pydantic import TypeAdapter, ValidationError
 
 from duplex.kube import KubeApiError, KubeClient, sleep_backoff
+from duplex.modelset import MODEL_SET, MODEL_SPECS, parse_model_set, parse_model_specs
 from duplex.tasks import TaskSet
-from duplex.worker.config import ModelEntry
 from duplex.worker.model_manager import ModelManager
 
 log = logging.getLogger(__name__)
-
-MODEL_SET_ANNOTATION = "duplex.dev/model-set"
-MODEL_SPECS_ANNOTATION = "duplex.dev/model-specs"
-
-_ENTRIES = TypeAdapter(list[ModelEntry])
-
-
-def parse_model_set(value: str | None) -> list[str]:
-    """`"a, b,,a"` → `["a", "b"]`: ids in order, blanks and repeats dropped."""
-    seen: dict[str, None] = {}
-    for item in (value or "").split(","):
-        if item.strip():
-            seen[item.strip()] = None
-    return list(seen)
-
-
-def parse_model_specs(value: str | None) -> list[ModelEntry]:
-    if not value:
-        return []
-    try:
-        return _ENTRIES.validate_json(value)
-    except ValidationError as exc:
-        raise ValueError(f"bad {MODEL_SPECS_ANNOTATION} annotation: {exc}") from exc
 
 
 class PodModelSet:
@@ -85,7 +61,7 @@ class PodModelSet:
 
     def _observe(self, pod: dict[str, Any]) -> None:
         annotations = pod.get("metadata", {}).get("annotations") or {}
-        wanted = (annotations.get(MODEL_SET_ANNOTATION), annotations.get(MODEL_SPECS_ANNOTATION))
+        wanted = (annotations.get(MODEL_SET), annotations.get(MODEL_SPECS))
         if wanted != self._wanted:
             self._wanted = wanted
             self._wake.set()
