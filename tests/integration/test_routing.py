@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 
 import aiohttp
+import pytest
+import redis.asyncio as aioredis
 
+from duplex.discovery import EVENTS_CHANNEL, worker_key
 from duplex.orchestrator.config import OrchestratorConfig
 from duplex.orchestrator.router import ClientPool, RedisDirectory, Router
 from duplex.orchestrator.server import Orchestrator
@@ -59,6 +63,63 @@ async def test_redis_discovery_prefers_resident_and_falls_back_while_loading(
         finally:
             await directory.aclose()
             await pool.aclose()
+
+
+async def test_malformed_discovery_records_and_events_are_skipped_and_logged(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever else writes under our keys (a bad deploy, an older version, a typo) costs
+    only that record: routing goes on with every well-formed worker."""
+    async with Worker(worker_config("good", "tone", redis_server.url)):
+        redis = aioredis.from_url(redis_server.url)
+        pool = ClientPool()
+        directory = RedisDirectory(pool, redis_server.url)
+        router = Router(directory)
+        try:
+            await redis.set(worker_key("garbage"), b"{not json")
+            await redis.set(worker_key("wrong-types"), json.dumps({"name": "wrong-types"}))
+            await redis.set(
+                worker_key("bad-load"),
+                json.dumps(
+                    {
+                        "name": "bad-load",
+                        "addr": "127.0.0.1:1",
+                        "models": ["tone"],
+                        "active_sessions": "many",
+                    }
+                ),
+            )
+            with caplog.at_level(logging.WARNING, "duplex.orchestrator.router"):
+                await directory.start()
+                assert [w.name for w in directory.workers()] == ["good"]
+                assert (await router.route("tone")).worker.name == "good"
+                # Malformed events on the channel: ignored, and the follower keeps following.
+                async with asyncio.timeout(5):
+                    while (await redis.pubsub_numsub(EVENTS_CHANNEL))[0][1] < 1:
+                        await asyncio.sleep(0.05)
+                await redis.publish(EVENTS_CHANNEL, b"\xff\xfe")
+                await redis.publish(EVENTS_CHANNEL, json.dumps({"type": "worker.up"}))
+                await redis.publish(
+                    EVENTS_CHANNEL, json.dumps({"type": "worker.up", "name": "garbage"})
+                )
+                late = json.loads(await redis.get(worker_key("good")))
+                late.update(name="late", models=["late-model"], resident_models=["late-model"])
+                await redis.set(worker_key("late"), json.dumps(late))
+                await redis.publish(
+                    EVENTS_CHANNEL, json.dumps({"type": "worker.up", "name": "late"})
+                )
+                async with asyncio.timeout(5):
+                    while "late" not in {w.name for w in directory.workers()}:
+                        await asyncio.sleep(0.05)
+                assert (await router.route("late-model")).worker.name == "late"
+            skipped = caplog.text
+            assert skipped.count("ignoring malformed discovery event") == 2, skipped
+            for name in ("garbage", "wrong-types", "bad-load"):
+                assert f"malformed discovery record of {name!r}" in skipped, skipped
+        finally:
+            await directory.aclose()
+            await pool.aclose()
+            await redis.aclose()
 
 
 async def test_reply_continues_on_another_worker_when_its_worker_dies() -> None:
