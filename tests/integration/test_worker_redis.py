@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from duplex.discovery import EVENTS_CHANNEL, WorkerEvent, WorkerRecord, worker_key
+from duplex.errors import WorkerUnavailable
 from duplex.rpc.client import TtsClient
 from duplex.worker.config import WorkerConfig
 from duplex.worker.server import Worker
@@ -122,3 +123,27 @@ async def test_record_expires_when_the_worker_is_killed(
 async def test_no_redis_configured_means_no_registration(redis: aioredis.Redis) -> None:
     async with Worker(WorkerConfig(name="w-none", port=0, default_model="tone", test_models=True)):
         assert not await redis.exists(worker_key("w-none"))
+
+
+async def test_a_redis_that_accepts_and_never_answers_fails_the_start_in_seconds() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # holds the connection open, answers nothing
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cfg = WorkerConfig(name="w-stalled", port=0, default_model="tone", test_models=True)
+    cfg.redis = f"redis://127.0.0.1:{port}/0"
+    worker = Worker(cfg)
+    started = time.monotonic()
+    try:
+        with pytest.raises(WorkerUnavailable, match=f"Redis at 127.0.0.1:{port} .*Timeout"):
+            async with asyncio.timeout(15):
+                await worker.start()
+        # Its own socket timeout (2 s) ended the wait.
+        elapsed = time.monotonic() - started
+        assert elapsed < 4, elapsed
+    finally:
+        await worker.aclose()
+        server.close()
+        await server.wait_closed()

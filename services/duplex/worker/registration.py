@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from duplex.discovery import EVENTS_CHANNEL, WorkerEvent, WorkerRecord, worker_key
+from duplex.errors import WorkerUnavailable
 from duplex.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,11 @@ class RedisRegistration:
     def __init__(
         self, url: str, snapshot: Callable[[], WorkerRecord], heartbeat_seconds: float = 1.0
     ) -> None:
-        self._redis = aioredis.from_url(url)
+        # Bounded waits: a Redis that accepts and then stalls must not hold a worker's start
+        # or its deregistration at exit.
+        self._redis = aioredis.from_url(
+            url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=5
+        )
         self._snapshot = snapshot
         self._interval = heartbeat_seconds
         self._ttl_ms = int(heartbeat_seconds * 3000)
@@ -37,7 +42,15 @@ class RedisRegistration:
         self._name = snapshot().name
 
     async def start(self) -> None:
-        await self._write()  # fail loudly at start if Redis is unreachable or misconfigured
+        # Fail loudly at start if Redis is unreachable or misconfigured.
+        try:
+            await self._write()
+        except (RedisError, OSError) as exc:
+            where = self._redis.connection_pool.connection_kwargs
+            raise WorkerUnavailable(
+                f"discovery: Redis at {where.get('host', '?')}:{where.get('port', '?')} "
+                f"did not take this worker's record: {type(exc).__name__}: {exc}"
+            ) from exc
         self._heartbeat_task = self._tasks.spawn(self._heartbeat(), "heartbeat")
 
     def changed(self) -> None:
