@@ -45,3 +45,34 @@ async def test_pause_takes_back_unsent_frames_and_flush_drops_everything() -> No
         assert not output._audio and source.queued_duration == 0
     finally:
         await source.aclose()
+
+
+class _Participant:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def publish_data(self, payload: str, **_: Any) -> None:
+        self.sent.append(payload)
+
+
+class _Room:
+    def __init__(self) -> None:
+        self.local_participant = _Participant()
+
+
+async def test_a_room_that_takes_nothing_is_left_not_buffered_without_end() -> None:
+    source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=200)
+    room = _Room()
+    output = RoomOutput(room, source)  # type: ignore[arg-type]
+    try:
+        output.send_event({"type": "state", "state": "speaking"})
+        for i in range(2000):  # 40 s of audio that nothing sends
+            output.send_audio(frame(i))
+        output.send_event({"type": "state", "state": "listening"})
+        assert len(output._audio) == 0  # dropped at the bound, not kept
+        async with asyncio.timeout(5):
+            await output.write_events()
+        assert output.hung_up.is_set()
+        assert room.local_participant.sent == ['{"type": "state", "state": "speaking"}']
+    finally:
+        await source.aclose()

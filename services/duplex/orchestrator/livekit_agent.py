@@ -43,6 +43,9 @@ TOPIC = "duplex"
 MODEL_ATTRIBUTE = "duplex.model"
 VOICE_ATTRIBUTE = "duplex.voice"
 _SOURCE_QUEUE_MS = 200  # the SDK's own buffer in front of the encoder
+# Events and 20 ms frames waiting for the room (20 s of audio): beyond that the room is not
+# taking what we send, and the agent leaves it rather than hold the backlog in memory.
+_MAX_QUEUED = 1000
 SHUTDOWN_EVENT = {"type": "session.ended", "reason": "the server is shutting down"}
 
 
@@ -69,8 +72,22 @@ class RoomOutput:
         self._wake = asyncio.Event()
         # Set once a refusal has been delivered: the agent then leaves the room.
         self.hung_up = asyncio.Event()
+        self._leaving = False
+
+    def _full(self) -> bool:
+        if self._leaving:
+            return True
+        if self._events.qsize() + len(self._audio) < _MAX_QUEUED:
+            return False
+        log.warning("the room is not taking our audio and events; leaving it")
+        self._leaving = True
+        self._audio.clear()
+        self._events.put_nowait(None)
+        return True
 
     def send_event(self, event: dict[str, Any]) -> None:
+        if self._full():
+            return
         if event.get("type") == "playback":
             action = event.get("action")
             if action == "flush":
@@ -85,6 +102,8 @@ class RoomOutput:
         self._events.put_nowait(event)
 
     def send_audio(self, frame: PcmFrame) -> None:
+        if self._full():
+            return
         self._audio.append(frame)
         self._wake.set()
 
