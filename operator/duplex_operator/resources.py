@@ -172,6 +172,26 @@ def _meta(obj: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
+_NO_DEFAULT: Any = object()
+
+
+def _typed(spec: dict[str, Any], key: str, kind: type[T], default: T = _NO_DEFAULT) -> T:
+    """`spec[key]`, which must be a `kind` (an integer is not a bool, nor a bool an integer)."""
+    value = spec[key] if default is _NO_DEFAULT else spec.get(key, default)
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    raise ValueError(
+        f"{key} must be {'an' if kind is int else 'a'} {kind.__name__}, not {value!r:.40}"
+    )
+
+
+def _count(spec: dict[str, Any], key: str, default: int) -> int:
+    value = _typed(spec, key, int, default)
+    if value < 0:
+        raise ValueError(f"{key} must not be negative, not {value}")
+    return value
+
+
 def parse_model(obj: dict[str, Any]) -> TtsModel:
     meta, spec = _meta(obj), obj.get("spec") or {}
     resources = spec.get("resources") or {}
@@ -180,13 +200,13 @@ def parse_model(obj: dict[str, Any]) -> TtsModel:
         name=meta["name"],
         uid=meta.get("uid", ""),
         generation=int(meta.get("generation", 1)),
-        model_id=spec["modelId"],
-        family=spec["family"],
-        gpu=bool(resources.get("gpu", False)),
+        model_id=entry["id"],
+        family=entry["family"],
+        gpu=_typed(resources, "gpu", bool, False),
         memory_mib=entry["memory_mib"],
-        min_resident=int(spec.get("minResident", 0)),
-        ttl_seconds=int(spec.get("ttlSeconds", 600)),
-        min_residency_seconds=int(spec.get("minResidencySeconds", 30)),
+        min_resident=_count(spec, "minResident", 0),
+        ttl_seconds=_count(spec, "ttlSeconds", 600),
+        min_residency_seconds=_count(spec, "minResidencySeconds", 30),
         created=parse_time(meta.get("creationTimestamp")) or 0.0,
         entry=entry,
         status=dict(obj.get("status") or {}),
@@ -199,10 +219,10 @@ def parse_session(obj: dict[str, Any]) -> VoiceSession:
         name=meta["name"],
         uid=meta.get("uid", ""),
         generation=int(meta.get("generation", 1)),
-        model_id=spec["modelId"],
-        language=spec.get("language", "en"),
-        room=spec.get("room", ""),
-        max_duration_seconds=int(spec.get("maxDurationSeconds", 3600)),
+        model_id=_typed(spec, "modelId", str),
+        language=_typed(spec, "language", str, "en"),
+        room=_typed(spec, "room", str, ""),
+        max_duration_seconds=_count(spec, "maxDurationSeconds", 3600),
         created=parse_time(meta.get("creationTimestamp")) or 0.0,
         status=dict(obj.get("status") or {}),
     )

@@ -67,20 +67,27 @@ _ENTRIES = TypeAdapter(list[ModelEntry])
 
 
 def entry_from_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """A TTSModel's `spec` as the catalog entry its workers receive (JSON-ready)."""
+    """A TTSModel's `spec` as the catalog entry its workers receive (JSON-ready).
+
+    Raises ValueError when a worker would refuse the entry (a field of the wrong type): the
+    operator then marks that one TTSModel invalid instead of placing it.
+    """
     resources = spec.get("resources") or {}
-    return {
+    entry = {
         "id": spec["modelId"],
         "family": spec["family"],
         "source": spec.get("source", "package"),
-        "languages": list(spec.get("languages") or ["en"]),
-        "voices": list(spec.get("voices") or []),
+        "languages": spec.get("languages") or ["en"],
+        "voices": spec.get("voices") or [],
         "default_voice": spec.get("defaultVoice"),
-        "memory_mib": int(resources.get("memoryMiB", DEFAULT_MEMORY_MIB)),
-        "threads": int(spec.get("threads", 1)),
+        "memory_mib": resources.get("memoryMiB", DEFAULT_MEMORY_MIB),
+        "threads": spec.get("threads", 1),
         "description": spec.get("description", ""),
-        "options": dict(spec.get("options") or {}),
+        "options": spec.get("options") or {},
     }
+    # Strict: "2" is not a thread count, 1.5 not a size; the schema says integer.
+    ModelEntry.model_validate(entry, strict=True)
+    return entry
 
 
 def entry_bytes(entry: Mapping[str, Any]) -> int:
