@@ -4,6 +4,7 @@ conversation that lost its worker fails over or gets a clear error; every other 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -111,7 +112,8 @@ async def test_a_frozen_worker_is_left_within_two_seconds(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     """SIGSTOP keeps the worker's connections open but silent: keepalive pings find it, and
-    the reply goes on from another worker after a short gap."""
+    the reply goes on from another worker after a short gap. A conversation on the other
+    worker does not notice."""
     workers = [worker(f"stop-{i}", max_sessions=4) for i in range(2)]
     o = orchestrator(tmp_path, [address(w) for w in workers], default_model="pico-en")
     frozen: ServiceProcess | None = None
@@ -121,6 +123,11 @@ async def test_a_frozen_worker_is_left_within_two_seconds(
             await talk.ws.send_str(json.dumps({"type": "text", "text": STORY}))
             await talk.until(lambda: len(talk.frames) > 50, 20)
             frozen = await _holder(workers)
+            (healthy,) = (w for w in workers if w is not frozen)
+            other, o_task = await _conversation(http, f"ws://{address(o)}/ws", tg)
+            await other.ws.send_str(json.dumps({"type": "text", "text": STORY}))
+            await other.until(lambda: len(other.frames) > 30, 20)
+            assert await _holder([healthy]) is healthy  # the least loaded took it
             stopped = time.monotonic()
             os.kill(frozen.proc.pid, signal.SIGSTOP)
             n = len([t for t in talk.frames if t <= stopped])
@@ -129,8 +136,15 @@ async def test_a_frozen_worker_is_left_within_two_seconds(
             # The reply went quiet when the worker froze and came back from the other one.
             assert resumed - stopped < 2.5, resumed - stopped
             assert not talk.errors(), talk.errors()
-            await talk.ws.close()
-            task.cancel()
+            # The other conversation's audio went on through it all, without a gap.
+            after = [t for t in other.frames if t >= stopped - 0.1]
+            assert after and after[-1] > resumed, (after[-1:], resumed)
+            gaps = [b - a for a, b in itertools.pairwise(after)]
+            assert max(gaps) < 0.5, max(gaps)
+            assert not other.errors(), other.errors()
+            for listener, t in ((talk, task), (other, o_task)):
+                await listener.ws.close()
+                t.cancel()
     finally:
         if frozen is not None:
             os.kill(frozen.proc.pid, signal.SIGCONT)
