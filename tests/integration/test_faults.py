@@ -16,6 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from duplex.bench.livekit_client import room_token
+from duplex.livekit_server import LiveKitServer
 from duplex.localredis import RedisServer
 from duplex.rpc.client import TtsClient
 from tests.processes import ServiceProcess, address, orchestrator, worker
@@ -234,6 +236,60 @@ async def test_sigterm_ends_every_conversation_politely_and_quickly(
         async with TtsClient(address(w)) as client:
             assert (await client.capabilities()).metrics["active_sessions"] == 0
     finally:
+        o.stop()
+        w.stop()
+
+
+async def test_sigterm_says_goodbye_in_a_livekit_room_and_leaves_it(
+    tmp_path: Path, livekit_server: LiveKitServer
+) -> None:
+    from livekit import rtc
+
+    w = worker("term-lk", max_sessions=4)
+    livekit = {
+        "url": livekit_server.url,
+        "api_key": livekit_server.api_key,
+        "api_secret": livekit_server.api_secret,
+    }
+    o = orchestrator(tmp_path, [address(w)], default_model="pico-en", livekit=livekit)
+    room = rtc.Room()
+    try:
+        async with asyncio.timeout(30):
+            while "registered with LiveKit" not in o.log():
+                await asyncio.sleep(0.1)
+        grant = await room_token(f"http://{address(o)}")
+        got: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        room.on("data_received", lambda p: got.put_nowait(json.loads(bytes(p.data))))
+        left = asyncio.Event()
+        room.on("participant_disconnected", lambda _: left.set())
+        await room.connect(grant["url"], grant["token"])
+        mic = rtc.AudioSource(16000, 1)
+        await room.local_participant.publish_track(
+            rtc.LocalAudioTrack.create_audio_track("microphone", mic),
+            rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE),
+        )
+
+        async def next_event(kind: str) -> dict[str, Any]:
+            async with asyncio.timeout(30):
+                while (event := await got.get())["type"] != kind:
+                    pass
+            return event
+
+        await next_event("session.started")
+        publish = room.local_participant.publish_data
+        await publish(json.dumps({"type": "text", "text": STORY}), topic="duplex")
+        await next_event("reply")
+        sent = time.monotonic()
+        o.proc.send_signal(signal.SIGTERM)
+        ended = await next_event("session.ended")
+        assert "shutting down" in ended["reason"], ended
+        code = await asyncio.to_thread(o.proc.wait, 10)
+        took = time.monotonic() - sent
+        assert code == 0 and took < 5, (code, took, o.log())
+        async with asyncio.timeout(10):
+            await left.wait()  # the agent left the room rather than timing out of it
+    finally:
+        await room.disconnect()
         o.stop()
         w.stop()
 

@@ -177,7 +177,7 @@ class LiveKitAgent:
             port=0,
         )
         server.rtc_session(self._entrypoint, agent_name=AGENT_NAME)
-        server.on("worker_registered", lambda *_: self.registered.set())
+        server.on("worker_registered", lambda *_: self._on_registered())
         try:
             await server.run()
         finally:
@@ -186,6 +186,10 @@ class LiveKitAgent:
             await self._rooms.aclose()
             with contextlib.suppress(Exception):
                 await server.aclose()
+
+    def _on_registered(self) -> None:
+        log.info("registered with LiveKit at %s as agent %r", self._url, AGENT_NAME)
+        self.registered.set()
 
     def _load(self) -> float:
         return len(self._rooms) / self._config.max_rooms
