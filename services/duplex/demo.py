@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from duplex.config import load_config
 from duplex.devices import check_spec
 from duplex.errors import InvalidInput
+from duplex.orchestrator.auth import Guard
 from duplex.orchestrator.config import OrchestratorConfig
 from duplex.orchestrator.livekit_tokens import LiveKitConfig, credentials
 from duplex.orchestrator.server import Orchestrator
@@ -66,6 +67,8 @@ def demo_configs(opts: argparse.Namespace) -> tuple[WorkerConfig, OrchestratorCo
     if getattr(opts, "device", None):
         asr = orchestrator.asr.model_copy(update={"device": opts.device})
         orchestrator = orchestrator.model_copy(update={"asr": asr})
+    # Before any model loads: a refused address should cost the user nothing.
+    Guard.check_bind(orchestrator.host, orchestrator.api_keys, orchestrator.insecure)
     return worker, orchestrator
 
 

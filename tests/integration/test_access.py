@@ -113,17 +113,20 @@ async def test_health_and_metrics_live_on_their_own_port(
         assert r.status == 200 and "duplex_sessions" in await r.text()
 
 
-def test_a_non_loopback_bind_without_keys_refuses_to_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["orchestrator", "demo"])
+def test_a_non_loopback_bind_without_keys_refuses_to_start(tmp_path: Path, command: str) -> None:
     config = tmp_path / "o.yaml"
     config.write_text("host: 0.0.0.0\nport: 0\nworkers: [127.0.0.1:1]\n")
+    args = ["--config", str(config)] if command == "orchestrator" else ["--host", "0.0.0.0"]
     result = subprocess.run(
-        [sys.executable, "-m", "duplex.cli", "orchestrator", "--config", str(config)],
+        [sys.executable, "-m", "duplex.cli", command, *args],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "refusing to listen on 0.0.0.0 without API keys" in result.stderr
+    assert "loaded" not in result.stderr  # refused before anything started
 
 
 def test_page_url_hands_out_a_link_with_a_session_token(guarded: str) -> None:
