@@ -17,6 +17,7 @@ from duplex.modelset import (
     MODEL_SPECS,
     entry_bytes,
     entry_from_spec,
+    needs_gpu,
     parse_model_added,
     parse_model_set,
 )
@@ -202,7 +203,7 @@ def parse_model(obj: dict[str, Any]) -> TtsModel:
         generation=int(meta.get("generation", 1)),
         model_id=entry["id"],
         family=entry["family"],
-        gpu=_typed(resources, "gpu", bool, False),
+        gpu=_typed(resources, "gpu", bool, False) or needs_gpu(spec),
         memory_mib=entry["memory_mib"],
         min_resident=_count(spec, "minResident", 0),
         ttl_seconds=_count(spec, "ttlSeconds", 600),

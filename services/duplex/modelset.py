@@ -69,7 +69,8 @@ _ENTRIES = TypeAdapter(list[ModelEntry])
 def entry_from_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A TTSModel's `spec` as the catalog entry its workers receive (JSON-ready).
 
-    Raises ValueError when a worker would refuse the entry (a field of the wrong type): the
+    A model on CUDA needs a GPU Pod (`needs_gpu`). Raises ValueError when a worker would
+    refuse the entry (a field of the wrong type): the
     operator then marks that one TTSModel invalid instead of placing it.
     """
     resources = spec.get("resources") or {}
@@ -85,9 +86,18 @@ def entry_from_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         "description": spec.get("description", ""),
         "options": spec.get("options") or {},
     }
+    if "device" in spec:  # absent otherwise: the worker's own --device decides
+        entry["device"] = spec["device"]
     # Strict: "2" is not a thread count, 1.5 not a size; the schema says integer.
     ModelEntry.model_validate(entry, strict=True)
     return entry
+
+
+def needs_gpu(spec: Mapping[str, Any]) -> bool:
+    """Whether a TTSModel may only be placed on GPU pools: `resources.gpu`, or a CUDA device."""
+    gpu = (spec.get("resources") or {}).get("gpu", False)
+    device = spec.get("device")
+    return gpu is True or (isinstance(device, str) and device.startswith("cuda"))
 
 
 def entry_bytes(entry: Mapping[str, Any]) -> int:

@@ -80,3 +80,34 @@ def test_a_bad_specs_annotation_names_itself() -> None:
             assert "duplex.dev/model-specs" in str(exc)
         else:
             raise AssertionError(f"accepted {bad!r}")
+
+
+def test_a_model_on_cuda_goes_to_a_gpu_pool_and_its_workers_are_told_the_device() -> None:
+    from tests.unit.test_planner import CPU, GPU, created, model_set_of, planner, world
+
+    cuda = parse_model(
+        _ttsmodel(
+            "kokoro",
+            {
+                "modelId": "kokoro-ja",
+                "family": "kokoro",
+                "device": "cuda:1",
+                "minResident": 1,
+                "resources": {"memoryMiB": 500},
+            },
+        )
+    )
+    unset = parse_model(_ttsmodel("joe", {"modelId": "piper-joe", "family": "piper"}))
+    assert (cuda.gpu, unset.gpu) == (True, False)
+    assert "device" not in unset.entry  # the worker's own --device decides
+    pods = created(planner(CPU, GPU).plan(world([cuda])))
+    (gpu_pod,) = (pod for name, pod in pods.items() if "-gpu-" in name)
+    assert model_set_of(gpu_pod) == "kokoro-ja"
+    (entry,) = parse_model_specs(gpu_pod["metadata"]["annotations"]["duplex.dev/model-specs"])
+    assert entry.to_spec().device == "cuda:1"
+    for bad in ("gpu", "cuda:x", 1):
+        try:
+            entry_from_spec({"modelId": "m", "family": "piper", "device": bad})
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted device {bad!r}")
