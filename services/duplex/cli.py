@@ -163,14 +163,11 @@ def _orchestrator_config(opts: argparse.Namespace, **extra: object) -> object:
             **extra,
         },
     )
-    key, secret = credentials(
-        getattr(opts, "livekit_key", None), getattr(opts, "livekit_secret", None)
-    )
     flags = {
         "url": getattr(opts, "livekit_url", None),
         "agent_url": getattr(opts, "livekit_agent_url", None),
-        "api_key": key,
-        "api_secret": secret,
+        "api_key": getattr(opts, "livekit_key", None),
+        "api_secret": getattr(opts, "livekit_secret", None),
     }
     if getattr(opts, "device", None):
         config = config.model_copy(
@@ -178,10 +175,14 @@ def _orchestrator_config(opts: argparse.Namespace, **extra: object) -> object:
         )
     if config.livekit is None and flags["url"] is None:
         return config  # LiveKit keys in the environment alone do not switch it on
+    # Flags first, then the config file, then LiveKit's usual environment variables: a
+    # LIVEKIT_API_SECRET exported for another server must not override the file's.
     merged = {
         **(config.livekit.model_dump() if config.livekit else {}),
         **{k: v for k, v in flags.items() if v},
     }
+    key, secret = credentials(merged.get("api_key"), merged.get("api_secret"))
+    merged.update({k: v for k, v in (("api_key", key), ("api_secret", secret)) if v})
     try:
         livekit = LiveKitConfig.model_validate(merged)
     except ValueError as exc:
