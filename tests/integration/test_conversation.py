@@ -43,6 +43,7 @@ async def utterances(stack: tuple[Worker, Orchestrator]) -> dict[str, list[bytes
             "What is your name?",
             "Please tell me a story.",
             "Wait, stop, I have another question.",
+            "Hello there, how are you today?",
             "I would like to book a table for",
             "four people please.",
             "Uh-huh.",
@@ -151,6 +152,24 @@ async def test_pause_after_unfinished_clause_does_not_take_the_floor(
         )
         finals = [str(e["text"]).lower() for e in events(conv, "transcript") if e.get("final")]
         assert len(finals) == 1 and "table" in finals[0] and "people" in finals[0], conv.events
+
+
+@pytest.mark.parametrize(
+    "said", ["Hello there, how are you today?", "Wait, stop, I have another question."]
+)
+async def test_the_pause_after_a_comma_does_not_take_the_floor(
+    stack: tuple[Worker, Orchestrator], utterances: dict[str, list[bytes]], said: str
+) -> None:
+    """Whisper writes "Hello there." at the comma, a finished sentence; the pause after it
+    (0.2-0.3 s in this voice) is still shorter than the silence that ends a turn."""
+    async with conversation(url(stack), "piper-joe") as conv:
+        conv.say(utterances[said], {})
+        assert await conv.wait_for(lambda: bool(events(conv, "reply")), 20), conv.events
+        await asyncio.sleep(1.0)  # a second final transcript would come by now
+        finals = [str(e["text"]) for e in events(conv, "transcript") if e.get("final")]
+        assert len(finals) == 1 and finals[0].lower().rstrip(".?!").endswith(
+            said.lower().rstrip(".?!").split()[-1]
+        ), conv.events
 
 
 async def test_a_held_up_loop_is_not_the_users_silence(

@@ -26,6 +26,15 @@ ASR_RATE = 16_000
 _WINDOW_SAMPLES = 30 * ASR_RATE  # Whisper hears 30 s at a time
 _MAX_TOKENS_PER_SECOND = 8
 _NO_SPEECH = 0.8
+# Whisper was trained on 30 s windows (3000 feature frames, 10 ms each), speech then padding,
+# and its encoder costs the same for any speech in them. A shorter window with enough padding
+# after the speech (at least 7 s, and never under 10 s in all) gives the same words for a
+# fraction of the work (tiny.en on one core: ~50 ms instead of ~280 ms for a 2 s turn).
+# With too little padding it repeats the utterance ("Okay. Okay. Okay."): such a transcript
+# is taken again over the full window.
+_FULL_FRAMES = 3000
+_MIN_FRAMES = 1000
+_PAD_FRAMES = 700
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +80,23 @@ def _token_probabilities(tokens: list[int], logits: list[Any]) -> list[float]:
     return out + [1.0] * (len(tokens) - len(out))
 
 
+def window_frames(speech_frames: int) -> int:
+    """The encoder window for this many feature frames of audio: ≥ 7 s of padding after
+    them, ≥ 10 s in all, in whole seconds, at most Whisper's 30 s."""
+    wanted = max(_MIN_FRAMES, speech_frames + _PAD_FRAMES)
+    return min(_FULL_FRAMES, -(-wanted // 100) * 100)
+
+
+def repeats(tokens: list[int]) -> bool:
+    """Whether the tokens are one phrase said over and over (the last time maybe cut short):
+    what Whisper writes when its window had too little padding."""
+    n = len(tokens)
+    for period in range(1, n // 2 + 1):
+        if all(tokens[i] == tokens[i - period] for i in range(period, n)):
+            return True
+    return False
+
+
 class AsrConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -82,6 +108,8 @@ class AsrConfig(BaseModel):
     threads: int = Field(2, ge=1)
     beam_size: int = Field(1, ge=1)
     language: str = "en"
+    # Encode a window fitted to the utterance (at least 10 s) rather than Whisper's 30 s.
+    fit_window: bool = True
 
 
 def resolve_model(name: str) -> str:
@@ -180,22 +208,15 @@ class WhisperTranscriber:
             seconds = chunk.size / ASR_RATE
             if seconds < 0.1:
                 continue
-            features = pad_or_trim(model.feature_extractor(chunk))
-            result = model.model.generate(
-                model.encode(features),
-                [prompt],
-                beam_size=self.config.beam_size,
-                # Speech runs at a few tokens a second; a bound stops a hallucination loop
-                # ("you you you …") from costing a full 448-token decode.
-                max_length=len(prompt) + int(seconds * _MAX_TOKENS_PER_SECOND) + 8,
-                return_logits_vocab=True,
-                return_no_speech_prob=True,
-                suppress_blank=True,
-                suppress_tokens=[-1],
-            )[0]
+            features = model.feature_extractor(chunk)
+            frames = window_frames(features.shape[-1]) if self.config.fit_window else _FULL_FRAMES
+            result = self._decode(pad_or_trim(features, frames), prompt, seconds)
+            tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+            if frames < _FULL_FRAMES and repeats(tokens):
+                result = self._decode(pad_or_trim(features, _FULL_FRAMES), prompt, seconds)
+                tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
             if result.no_speech_prob >= _NO_SPEECH:
                 continue
-            tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
             probs = _token_probabilities(tokens, result.logits[0])
             texts, groups = tokenizer.split_to_word_tokens(tokens)
             i = 0
@@ -210,6 +231,21 @@ class WhisperTranscriber:
                 else:
                     words.append(Word(text, min(spoken or p)))
         return Transcript(tuple(words))
+
+    def _decode(self, features: Any, prompt: list[int], seconds: float) -> Any:
+        model = self._model
+        return model.model.generate(
+            model.encode(features),
+            [prompt],
+            beam_size=self.config.beam_size,
+            # Speech runs at a few tokens a second; a bound stops a hallucination loop
+            # ("you you you …") from costing a full 448-token decode.
+            max_length=len(prompt) + int(seconds * _MAX_TOKENS_PER_SECOND) + 8,
+            return_logits_vocab=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=[-1],
+        )[0]
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -50,6 +50,9 @@ _UNCLEAR = 0.4
 # No audio for this long while the VAD hears speech: the client stopped sending mid-sentence
 # (a dropped connection, a muted tab, the end of a file), and the speech ended with it.
 _STALL_SECONDS = 0.5
+# A pause inside an utterance at least this long splits it for transcription (_settle_head);
+# shorter ones (a comma, a breath) stay within one decode, where Whisper uses the context.
+_SEGMENT_PAUSE_SECONDS = 0.5
 _TICK_SECONDS = 0.05  # the listener's clock when no audio comes
 # Transcripts taken while the user still speaks (partials, and speculative ones at every
 # dip in the voice) may use the ASR thread at most this share of the time, however long the
@@ -175,6 +178,9 @@ class ConversationSession:
         self._starved = 0.0
         self._transcript: asyncio.Task[Transcript] | None = None
         self._transcript_len = 0  # samples the running transcription covers
+        # What was said before a long pause inside the utterance, transcribed at that pause,
+        # and the sample where the audio still to transcribe begins (see _settle_head).
+        self._head: tuple[Transcript, int] | None = None
         self._spoken_len = 0  # samples of the utterance up to where its speech ended
         self._next_early_asr = 0.0  # monotonic: no partial/speculative transcript before
         self._asr_span = (0.0, 0.0)  # when the last transcription started and ended
@@ -334,6 +340,8 @@ class ConversationSession:
         if not self._speech:
             self._speech = list(self._preroll)
             self._speech_started = now
+        elif self._silence_audio is not None:
+            self._settle_head(onset_audio)
         self._silence_since = None
         self._silence_audio = None
         # Over the bot only: speech much quieter than the user's (a television, people across
@@ -375,16 +383,56 @@ class ConversationSession:
         if not self._background:
             self._start_transcript()
 
+    def _settle_head(self, onset_audio: float) -> None:
+        """Speech resumes after a long pause: what came before it stays as transcribed at the
+        pause, and from now on only what follows is transcribed.
+
+        Given a long pause inside its window, Whisper now and then stops at the pause and
+        drops everything after it ("I would like to book a table for." with "four people
+        please" lost); and the head need not be decoded again at the end of the turn.
+        """
+        assert self._silence_audio is not None
+        task = self._transcript
+        if (
+            onset_audio - self._silence_audio < _SEGMENT_PAUSE_SECONDS
+            or task is None
+            or not task.done()
+            or task.cancelled()
+            or task.exception() is not None
+            # It must cover the speech before the pause (not a partial taken mid-speech).
+            or self._transcript_len < self._spoken_len - ASR_RATE * 0.05
+        ):
+            return
+        head = task.result()
+        if not words(head.text):
+            return
+        buffered = sum(a.size for a in self._speech)
+        onset = buffered - (self._vad_samples - round(onset_audio * ASR_RATE))
+        # The tail keeps a little of the pause before its onset, as the preroll does.
+        start = max(self._spoken_len, onset - round(_PREROLL_SECONDS * ASR_RATE))
+        self._head = (head, min(start, buffered))
+
     def _start_transcript(self, *, early: bool = False) -> None:
         if self._transcript is not None and not self._transcript.done():
             return
         audio = np.concatenate(self._speech) if self._speech else np.zeros(0, np.float32)
         self._transcript_len = audio.size
-        self._transcript = self._tasks.spawn(self._transcribe(audio, early=early), "asr")
+        self._transcript = self._tasks.spawn(
+            self._transcribe(audio, self._head, early=early), "asr"
+        )
 
-    async def _transcribe(self, audio: npt.NDArray[np.float32], *, early: bool) -> Transcript:
+    async def _transcribe(
+        self,
+        audio: npt.NDArray[np.float32],
+        head: tuple[Transcript, int] | None,
+        *,
+        early: bool,
+    ) -> Transcript:
+        """The utterance in `audio`: its settled head as it was, the rest transcribed now."""
+        said, start = head or (Transcript(), 0)
         started = time.monotonic()
-        transcript = await self._s.asr.transcribe(audio)
+        transcript = await self._s.asr.transcribe(audio[start:])
+        transcript = Transcript(said.words + transcript.words)
         took = time.monotonic() - started
         self._s.metrics.asr.observe(took)
         self._asr_span = (started, started + took)
@@ -445,6 +493,8 @@ class ConversationSession:
             return
         if self._silent_for(now) < transcript_silence(transcript, self._policy):
             return
+        if self._vad.resuming:
+            return  # the user may be going on: the VAD will say at its next window
         ended_at = self._silence_since
         self._learn_user_level()
         self._reset_utterance()
@@ -464,7 +514,8 @@ class ConversationSession:
         whole, once), and the speech that goes on starts the next utterance."""
         audio = np.concatenate(self._speech)
         if self._cut is None:
-            self._cut = (self._tasks.spawn(self._transcribe(audio, early=False), "asr-cut"), now)
+            cut = self._transcribe(audio, self._head, early=False)
+            self._cut = (self._tasks.spawn(cut, "asr-cut"), now)
         self._learn_user_level()
         self._reset_utterance()
         self._speech_started = now
@@ -495,6 +546,7 @@ class ConversationSession:
         self._transcript = None
         self._transcript_len = 0
         self._spoken_len = 0
+        self._head = None
 
     # -- barge-in ----------------------------------------------------------------------------
 

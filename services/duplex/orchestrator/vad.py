@@ -141,6 +141,12 @@ class SileroVad:
         return self.speaking and self._run > 0
 
     @property
+    def resuming(self) -> bool:
+        """Speech may be starting again: the latest windows sound like speech, not yet for
+        long enough to say so (an onset is confirmed a window or two after it began)."""
+        return not self.speaking and self._run > 0
+
+    @property
     def now(self) -> float:
         """Input stream time processed so far, in seconds."""
         return self._windows * WINDOW / VAD_RATE
