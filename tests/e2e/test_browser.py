@@ -74,6 +74,8 @@ async def test_page_completes_a_spoken_turn_over_webrtc(
             await orch.agent.registered.wait()
         log = await spoken_turn(worker, orch.port, tmp_path)
         assert log["transport"] == "livekit"
+        # The page asked for the smallest playout delay, and this Chromium took it.
+        assert log["jitter_buffer_target"] == 0
         assert orch.agent.served >= 1
 
 
@@ -171,9 +173,10 @@ async def spoken_turn(worker: Worker, port: int, tmp_path: Path) -> dict[str, An
             states = [e["state"] for e in log if e["type"] == "state"]
             assert "speaking" in states
             transport = await page.evaluate("window.duplex.transport")
+            jitter = await page.evaluate("window.duplex.jitterBufferTarget")
             await page.screenshot(path=str(tmp_path / f"demo-{transport}.png"))
             assert errors == []
-            return {"transport": transport, "events": log}
+            return {"transport": transport, "events": log, "jitter_buffer_target": jitter}
         finally:
             await browser.close()
 

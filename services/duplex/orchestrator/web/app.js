@@ -52,6 +52,7 @@ const S = {
   ws: null,
   room: null, // LiveKit Room
   remote: [], // LiveKit: the agent's audio element and its meter
+  jitterBufferTarget: null, // LiveKit: the playout delay asked of the browser, ms
   ctx: null,
   forcedRate: false, // ctx was created with sampleRate 48000
   mic: null,
@@ -562,6 +563,12 @@ async function joinRoom() {
 // receiver's statistics: every 20 ms with sound counts as a frame played, as on the
 // WebSocket.
 function playRemote(track) {
+  // The smallest playout delay the browser allows: the agent already paces the reply at real
+  // time, and what the jitter buffer holds is heard after a barge-in has silenced the agent.
+  const receiver = track.receiver;
+  if (receiver && 'jitterBufferTarget' in receiver) receiver.jitterBufferTarget = 0;
+  else if (receiver && 'playoutDelayHint' in receiver) receiver.playoutDelayHint = 0;
+  S.jitterBufferTarget = receiver?.jitterBufferTarget ?? null;
   const el = track.attach();
   el.dataset.duplex = 'reply';
   document.body.appendChild(el);
@@ -991,6 +998,7 @@ window.duplex = {
   get framesSent() { return S.framesSent; },
   get connected() { return S.connected; },
   get transport() { return S.transport; },
+  get jitterBufferTarget() { return S.jitterBufferTarget; },
   get room() { return S.room; },
   get running() { return S.running; },
   get sessionId() { return S.sessionId; },
