@@ -32,9 +32,9 @@ def test_transitions_are_events_and_invalid_ones_raise() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("What time is it?", 0.35),
-        ("What can you do?", 0.35),
-        ("Tell me a story.", 0.35),
+        ("What time is it?", 0.3),
+        ("What can you do?", 0.3),
+        ("Tell me a story.", 0.3),
         ("I'd like to book a table for", 2.2),
         ("I was thinking about, um", 2.2),
         ("and then we went to the", 2.2),

@@ -13,9 +13,10 @@ from duplex.rpc.security import ClientTls
 class TurnConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # After a finished sentence or question. A speaker's pause after a comma runs up to
-    # ~0.3 s; shorter takes the floor from them mid-sentence.
-    min_silence: float = Field(0.35, ge=0)
+    # After a finished sentence or question. The pause after a comma runs 0.2-0.3 s, and
+    # Whisper may end what came before it with a full stop: much shorter takes the floor
+    # from the user mid-sentence.
+    min_silence: float = Field(0.3, ge=0)
     default_silence: float = Field(0.7, ge=0)
     incomplete_silence: float = Field(2.2, ge=0)
     max_turn_seconds: float = Field(30.0, gt=0)

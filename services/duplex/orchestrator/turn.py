@@ -40,7 +40,7 @@ _QUESTION_START = frozenset(
 
 @dataclass(frozen=True)
 class TurnPolicy:
-    min_silence: float = 0.35  # after a finished sentence or question
+    min_silence: float = 0.3  # after a finished sentence or question
     default_silence: float = 0.7  # when the words give no clear sign
     incomplete_silence: float = 2.2  # after "… for", "… and", "um"
     max_turn_seconds: float = 30.0
