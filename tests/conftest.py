@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,6 @@ from duplex_operator.devcluster import KubeApiServer, KubeControlPlane, locate_b
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("KOKORO_JA_CACHE", str(Path.home() / ".cache" / "duplex" / "kokoro"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import re
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import IO, Any
 import aiohttp
 
 from duplex.kube import KubeApiError, KubeClient, sleep_backoff
+from duplex.ports import free_ports
 from duplex.tasks import TaskSet
 from duplex_operator.resources import WORKER_SELECTOR, format_time
 
@@ -36,13 +36,6 @@ log = logging.getLogger(__name__)
 _NODE_FLAGS = {"--host", "--port", "--advertise", "--metrics-port", "--health-port"}
 # The kubelet's $(VAR) references in env values; $$ escapes one.
 _REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -116,7 +109,7 @@ class DevKubelet:
     async def _run(self, pod: dict[str, Any]) -> None:
         name = pod["metadata"]["name"]
         container = pod["spec"]["containers"][0]
-        port = _free_port()
+        port = free_ports(1)[0]
         args: list[str] = []
         raw = list(container.get("args") or [])
         i = 0
@@ -133,7 +126,7 @@ class DevKubelet:
             str(port),
             "--metrics-port",
             "0",
-            *(["--health-port", str(_free_port())] if "--health-port" in raw else []),
+            *(["--health-port", str(free_ports(1)[0])] if "--health-port" in raw else []),
             "--pod-name",
             name,
             "--pod-namespace",

@@ -12,11 +12,7 @@ import subprocess
 import tempfile
 import time
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from duplex.ports import free_ports
 
 
 class RedisServer:
@@ -26,7 +22,7 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        self.port = port or _free_port()  # a given port: a restart of the same server
+        self.port = port or free_ports(1)[0]  # a given port: a restart of the same server
         self._dir = tempfile.TemporaryDirectory()
         self._proc = subprocess.Popen(
             [

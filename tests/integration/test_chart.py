@@ -36,13 +36,13 @@ from duplex.config import load_config
 from duplex.kube import KubeApiError, KubeClient
 from duplex.orchestrator.config import OrchestratorConfig
 from duplex.orchestrator.voice_sessions import VoiceSessions
+from duplex.ports import free_ports
 from duplex.rpc.client import TtsClient
 from duplex.rpc.security import ClientTls
 from duplex_operator.config import GPU_RESOURCE, OperatorConfig, SecretKey
 from duplex_operator.devcluster import KubeApiServer, locate_binaries
 from duplex_operator.devkubelet import DevKubelet
 from duplex_operator.pods import worker_pod
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "duplex"
@@ -803,7 +803,7 @@ class PasswordRedis:
 
     def __init__(self, password: str) -> None:
         self.password = password
-        self.port = free_port()
+        self.port = free_ports(1)[0]
         command = ["redis-server", "-", "--port", str(self.port), "--bind", "127.0.0.1"]
         command += ["--save", "", "--appendonly", "no"]
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
@@ -953,7 +953,7 @@ async def test_operator_and_worker_need_no_more_than_the_charts_rbac(
     )
     args = [arg if arg != str(opts.config) else str(config_path) for arg in main["args"]]
     # The chart's 0.0.0.0:8081 could be taken on this machine; the probe is checked here too.
-    liveness = f"http://127.0.0.1:{free_port()}/healthz"
+    liveness = f"http://127.0.0.1:{free_ports(1)[0]}/healthz"
     env = {
         **pod_env(main, ns, secrets_of(objects, given)),
         "DUPLEX_OPERATOR_LIVENESS_ENDPOINT": liveness,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from duplex.orchestrator.responder import Message, ResponderConfig, make_responder
-from tests.conftest import free_port
+from duplex.ports import free_ports
 
 
 def smollm2_path() -> Path:
@@ -25,7 +25,7 @@ def llama_server() -> Iterator[str]:
 
     params = xllamacpp.CommonParams()
     params.model.path = str(smollm2_path())
-    params.port = free_port()
+    params.port = free_ports(1)[0]
     params.n_ctx = 2048
     params.cpuparams.n_threads = 1
     server = xllamacpp.Server(params)

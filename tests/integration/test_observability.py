@@ -28,11 +28,11 @@ from duplex.bench.client import Conversation, conversation, to_frames
 from duplex.clients.check import check
 from duplex.clients.talk import SEND_RATE, turn_line
 from duplex.orchestrator.tracing import STAGES
+from duplex.ports import free_ports
 from duplex.rpc.client import TtsClient
 from duplex_operator.devcluster import locate_binaries
 from duplex_operator.metrics import OperatorMetrics
 from tests import processes
-from tests.conftest import free_port
 from tests.otlp import Collector
 from tests.promql import dashboard_targets, exported, unknown_references
 
@@ -67,7 +67,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     collector = Collector()
-    worker_metrics, orchestrator_metrics = free_port(), free_port()
+    worker_metrics, orchestrator_metrics = free_ports(2)
     worker = processes.worker("obs-worker", model="piper-joe", metrics_port=worker_metrics)
     config = tmp_path_factory.mktemp("orchestrator") / "orchestrator.yaml"
     config.write_text(

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from duplex.ports import free_ports
 from duplex_operator.devcluster import KubeApiServer
-from tests.conftest import RedisServer, free_port
+from tests.conftest import RedisServer
 from tests.kube_cluster import running_cluster
 
 
@@ -28,7 +29,7 @@ def scrape(port: int) -> dict[str, float]:
 async def test_the_leader_reports_its_passes_and_when_the_last_one_ended(
     kube_apiserver: KubeApiServer, kube_namespace: str, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    port = free_port()
+    port = free_ports(1)[0]
     async with running_cluster(
         kube_apiserver, kube_namespace, redis_server.url, tmp_path, metrics_port=port
     ) as cluster:

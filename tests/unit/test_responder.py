@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -23,6 +22,7 @@ from duplex.orchestrator.responder import (
     number_word,
     sse_data,
 )
+from duplex.ports import free_ports
 
 
 async def collect(pieces: AsyncIterator[str]) -> list[str]:
@@ -208,9 +208,7 @@ async def test_malformed_json_is_responder_error(stub: Stub) -> None:
 
 
 async def test_connection_refused_is_responder_error() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    (port,) = free_ports(1)  # nothing listens there
     url = f"http://127.0.0.1:{port}/v1"
     responder = OpenAIResponder(url, "m", timeout_s=5)
     try:

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -41,6 +40,7 @@ from duplex.bench.client import (
 )
 from duplex.bench.stats import Series, failure_lines, fmt, series_table, table
 from duplex.clients.talk import SEND_RATE
+from duplex.ports import free_ports
 
 QUESTIONS = [
     "What is your name?",
@@ -354,9 +354,7 @@ def demo_process(model: str, livekit: bool, llm: str | None = None) -> Iterator[
     """`duplex demo` in a process of its own, on a free port, until the block ends."""
     import subprocess
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    (port,) = free_ports(1)
     args = [sys.executable, "-m", "duplex.cli", "demo", "--port", str(port), "--model", model]
     args += ["--livekit"] if livekit else []
     args += ["--llm", llm] if llm else []

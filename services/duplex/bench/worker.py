@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import grpc
 
 from duplex.audio.pacing import FramePacer
 from duplex.bench.stats import Series, failure_lines, fmt, series_table, table
+from duplex.ports import free_ports
 from duplex.rpc.client import Command, TtsClient
 
 DEFAULT_MODELS = ("piper-joe", "kokoro-ja", "pico-en")
@@ -44,9 +44,7 @@ CALL_TIMEOUT = 60.0
 
 @contextlib.contextmanager
 def _worker_process(models: list[str]) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    (port,) = free_ports(1)
     cmd = [
         sys.executable,
         "-m",
