@@ -351,7 +351,8 @@ async def test_barge_in_is_timed_from_the_onset_the_vad_heard(
             expected = paused_at - fed[onset]
             # The VAD's onset lies within a window or two of the first loud frame.
             assert abs(reported - expected) < 0.07, (reported, expected)
-            assert reported > stall - 0.032  # the VAD may place the onset a window late
+            # The VAD may place the onset up to two of its windows after the first loud frame.
+            assert reported > stall - 0.07
             # The interruption is confirmed (it has words): the audio-stop figure is recorded.
             assert await conv.wait_for(
                 lambda: any(e.get("action") == "flush" for e in events(conv, "playback")), 10

@@ -86,8 +86,10 @@ async def test_barge_in_silences_the_agent_track(
             lambda: any(e.get("action") == "flush" for e in events(conv, "playback")), 10
         ), conv.events
         await asyncio.sleep(1.0)
-        # Detection takes a VAD window or two; the network and jitter buffer add their part.
-        late = [t - onset[0] for t in conv.frames if t > onset[0] + 0.4]
+        # Speech over the reply first lowers it and silences it once it has lasted 0.15 s
+        # (barge_in.pause_after_seconds); detection takes a VAD window or two; the network
+        # and the jitter buffer add theirs (the bench measures ~0.32 s here).
+        late = [t - onset[0] for t in conv.frames if t > onset[0] + 0.6]
         assert not late, f"reply audio {late[-1]:.2f} s after the interruption began"
         assert await conv.wait_for(
             lambda: any(
