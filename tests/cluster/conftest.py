@@ -17,7 +17,8 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,47 @@ def restricted_namespace(cluster: Cluster, name: str) -> None:
 
 def delete_namespace(cluster: Cluster, name: str) -> None:
     cluster.kubectl("delete", "namespace", name, "--ignore-not-found", "--wait", timeout=300)
+
+
+@contextmanager
+def helm_release(
+    cluster: Cluster, images: Images, namespace: str, release: str, values: list[str]
+) -> Iterator[str]:
+    """The chart installed (and waited for) into a fresh restricted namespace, with our
+    images and `values`; uninstalled and the namespace deleted afterwards."""
+    delete_namespace(cluster, namespace)
+    restricted_namespace(cluster, namespace)
+    settings = [*image_values(images), *values]
+    cluster.helm(
+        "install",
+        release,
+        str(ROOT / "charts" / "duplex"),
+        "--namespace",
+        namespace,
+        "--wait",
+        "--timeout",
+        "5m",
+        *[arg for value in settings for arg in ("--set", value)],
+    )
+    try:
+        yield release
+    finally:
+        subprocess.run(
+            [
+                "helm",
+                "--kubeconfig",
+                str(cluster.kubeconfig),
+                "uninstall",
+                release,
+                "-n",
+                namespace,
+            ],
+            capture_output=True,
+            check=False,
+            timeout=300,
+        )
+        cluster.kubectl("delete", "ttsmodels,voicesessions", "--all", "-n", namespace, "--wait")
+        delete_namespace(cluster, namespace)
 
 
 def condition(obj: Obj, kind: str) -> bool:

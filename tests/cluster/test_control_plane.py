@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -28,17 +27,14 @@ from duplex.orchestrator.tts_link import TtsLink
 from duplex.orchestrator.voice_sessions import VoiceSessions
 from duplex.tasks import TaskSet
 from tests.cluster.conftest import (
-    ROOT,
     Cluster,
     Images,
     Obj,
     condition,
-    delete_namespace,
-    image_values,
+    helm_release,
     orchestrator_tls,
     pod_ready,
     release_redis_url,
-    restricted_namespace,
     run,
     until,
 )
@@ -62,29 +58,8 @@ VALUES = [
 
 @pytest.fixture(scope="module")
 def release(cluster: Cluster, images: Images) -> Iterator[str]:
-    delete_namespace(cluster, NAMESPACE)
-    restricted_namespace(cluster, NAMESPACE)
-    values = [*image_values(images), *VALUES]
-    cluster.helm(
-        "install",
-        RELEASE,
-        str(ROOT / "charts" / "duplex"),
-        "--namespace",
-        NAMESPACE,
-        "--wait",
-        "--timeout",
-        "5m",
-        *[arg for value in values for arg in ("--set", value)],
-    )
-    yield RELEASE
-    subprocess.run(
-        ["helm", "--kubeconfig", str(cluster.kubeconfig), "uninstall", RELEASE, "-n", NAMESPACE],
-        capture_output=True,
-        check=False,
-        timeout=300,
-    )
-    cluster.kubectl("delete", "ttsmodels,voicesessions", "--all", "-n", NAMESPACE, "--wait")
-    delete_namespace(cluster, NAMESPACE)
+    with helm_release(cluster, images, NAMESPACE, RELEASE, [*VALUES]) as name:
+        yield name
 
 
 def apply_model(cluster: Cluster, model_id: str, min_resident: int) -> None:

@@ -39,12 +39,10 @@ from tests.cluster.conftest import (
     Images,
     Obj,
     condition,
-    delete_namespace,
-    image_values,
+    helm_release,
     orchestrator_tls,
     pod_ready,
     release_redis_url,
-    restricted_namespace,
     until,
 )
 from tests.conftest import Listener
@@ -72,29 +70,8 @@ LIVEKIT = [
 
 @pytest.fixture(scope="module")
 def release(cluster: Cluster, images: Images) -> Iterator[str]:
-    delete_namespace(cluster, NAMESPACE)
-    restricted_namespace(cluster, NAMESPACE)
-    values = [*image_values(images), *SMALL_NODE, *LIVEKIT]
-    cluster.helm(
-        "install",
-        RELEASE,
-        str(ROOT / "charts" / "duplex"),
-        "--namespace",
-        NAMESPACE,
-        "--wait",
-        "--timeout",
-        "5m",
-        *[arg for value in values for arg in ("--set", value)],
-    )
-    yield RELEASE
-    subprocess.run(
-        ["helm", "--kubeconfig", str(cluster.kubeconfig), "uninstall", RELEASE, "-n", NAMESPACE],
-        capture_output=True,
-        check=False,
-        timeout=300,
-    )
-    cluster.kubectl("delete", "ttsmodels,voicesessions", "--all", "-n", NAMESPACE, "--wait")
-    delete_namespace(cluster, NAMESPACE)
+    with helm_release(cluster, images, NAMESPACE, RELEASE, [*SMALL_NODE, *LIVEKIT]) as name:
+        yield name
 
 
 def ttsmodel(cluster: Cluster, name: str) -> Obj:

@@ -17,9 +17,7 @@ from tests.cluster.conftest import (
     ROOT,
     Cluster,
     Images,
-    delete_namespace,
-    image_values,
-    restricted_namespace,
+    helm_release,
 )
 
 pytestmark = pytest.mark.cluster
@@ -36,29 +34,8 @@ SMALL_NODE = [
 
 @pytest.fixture(scope="module")
 def release(cluster: Cluster, images: Images) -> Iterator[str]:
-    delete_namespace(cluster, NAMESPACE)
-    restricted_namespace(cluster, NAMESPACE)
-    values = [*image_values(images), *SMALL_NODE]
-    cluster.helm(
-        "install",
-        RELEASE,
-        str(ROOT / "charts" / "duplex"),
-        "--namespace",
-        NAMESPACE,
-        "--wait",
-        "--timeout",
-        "5m",
-        *[arg for value in values for arg in ("--set", value)],
-    )
-    yield RELEASE
-    subprocess.run(
-        ["helm", "--kubeconfig", str(cluster.kubeconfig), "uninstall", RELEASE, "-n", NAMESPACE],
-        capture_output=True,
-        check=False,
-        timeout=300,
-    )
-    cluster.kubectl("delete", "ttsmodels,voicesessions", "--all", "-n", NAMESPACE, "--wait")
-    delete_namespace(cluster, NAMESPACE)
+    with helm_release(cluster, images, NAMESPACE, RELEASE, [*SMALL_NODE]) as name:
+        yield name
 
 
 def helm_test(cluster: Cluster) -> subprocess.CompletedProcess[str]:
