@@ -31,6 +31,15 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z']+", text.lower())
 
 
+def heard_once(heard: str, said: str) -> bool:
+    """Every word heard, none twice: as many words as were said, most of them right. Piper's
+    speech varies from run to run and tiny.en mishears a word now and then ("the" as "to");
+    a dropped or repeated stretch changes the count."""
+    got, want = words(heard), words(said)
+    wrong = sum(a != b for a, b in zip(got, want, strict=False))
+    return len(got) == len(want) and wrong <= (len(want) + 1) // 4
+
+
 @pytest.fixture(scope="module")
 async def speech() -> dict[str, npt.NDArray[np.float32]]:
     frames = await synthesise_utterances(TEXTS, "piper-joe")
@@ -56,7 +65,7 @@ async def test_a_fitted_window_hears_every_word_once(
 ) -> None:
     for text, audio in speech.items():
         heard = (await whisper.transcribe(audio)).text
-        assert words(heard) == words(text), (text, heard)
+        assert heard_once(heard, text), (text, heard)
 
 
 async def test_a_window_too_short_is_caught_repeating_and_redone(
@@ -80,7 +89,7 @@ async def test_a_window_too_short_is_caught_repeating_and_redone(
     for text in ("Okay.", "Yeah.", "What is your name?", "Close the window."):
         redone.clear()
         heard = (await whisper.transcribe(speech[text])).text
-        assert words(heard) == words(text), (text, heard)
+        assert heard_once(heard, text), (text, heard)
         assert redone[0] < asr._FULL_FRAMES, redone
         full.append(redone[1:] == [asr._FULL_FRAMES])
     assert sum(full) >= 2, full

@@ -14,9 +14,12 @@ def test_the_window_keeps_seven_seconds_of_padding_and_at_least_ten_in_all() -> 
 
 
 def test_a_phrase_said_over_and_over_is_a_repetition_a_sentence_is_not() -> None:
-    assert repeats([7, 8, 9, 7, 8, 9, 7, 8])  # cut short by the token budget
-    assert repeats([5, 5])
-    assert not repeats([7, 8, 9, 7])  # one word again is not the phrase again
-    assert not repeats([1, 2, 3, 4])
-    assert not repeats([1])
-    assert not repeats([])
+    assert repeats("Okay. Okay. Okay.")
+    assert repeats("Yeah yeah yeah yeah")  # the first one capitalised
+    assert repeats("What is it? What is it? What i")  # cut short by the token budget
+    assert repeats("Right, right.")
+    assert not repeats("What is it? What")  # one word again is not the phrase again
+    assert not repeats("Close the window.")
+    assert not repeats("No, no, I said yes.")
+    assert not repeats("Okay.")
+    assert not repeats("")

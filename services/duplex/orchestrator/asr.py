@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -87,12 +88,15 @@ def window_frames(speech_frames: int) -> int:
     return min(_FULL_FRAMES, -(-wanted // 100) * 100)
 
 
-def repeats(tokens: list[int]) -> bool:
-    """Whether the tokens are one phrase said over and over (the last time maybe cut short):
-    what Whisper writes when its window had too little padding."""
-    n = len(tokens)
+def repeats(text: str) -> bool:
+    """Whether the text is one phrase said over and over (the last time maybe cut short):
+    what Whisper writes when its window had too little padding. Case and punctuation may
+    differ between the repeats ("Yeah yeah yeah")."""
+    words = [w for w in (re.sub(r"[^\w']", "", w.lower()) for w in text.split()) if w]
+    n = len(words)
     for period in range(1, n // 2 + 1):
-        if all(tokens[i] == tokens[i - period] for i in range(period, n)):
+        head = all(words[i] == words[i - period] for i in range(period, n - 1))
+        if head and words[-1 - period].startswith(words[-1]):
             return True
     return False
 
@@ -212,7 +216,7 @@ class WhisperTranscriber:
             frames = window_frames(features.shape[-1]) if self.config.fit_window else _FULL_FRAMES
             result = self._decode(pad_or_trim(features, frames), prompt, seconds)
             tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
-            if frames < _FULL_FRAMES and repeats(tokens):
+            if frames < _FULL_FRAMES and repeats(tokenizer.decode(tokens)):
                 result = self._decode(pad_or_trim(features, _FULL_FRAMES), prompt, seconds)
                 tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
             if result.no_speech_prob >= _NO_SPEECH:

@@ -63,6 +63,7 @@ _FIELD_CHARS = 128  # model, voice and language names
 # of the user's level (the background's own level varies a lot from syllable to syllable).
 _BACKGROUND_HOLD_SECONDS = 3.0
 _NEAR_USER_DB = 8.0
+_TAKEOVER_FRAMES = 3  # 60 ms
 # A paused reply resumes only after this much silence: an unclear first word ("Wait,") can be
 # judged before the rest of an interruption, and resuming then would play a burst of reply.
 _RESUME_HOLD = 0.4
@@ -194,7 +195,7 @@ class ConversationSession:
         self._barge_onset_audio = 0.0  # the same onset on the VAD's clock
         self._barge_paused = False  # the reply was silenced (not only lowered)
         self._levels: deque[float] = deque(maxlen=25)  # dBFS of the last half second, 20 ms each
-        self._speech_levels: list[float] = []  # ... of the utterance being spoken
+        self._speech_levels: list[float] = []  # ... of the utterance's voiced frames
         self._user_db: float | None = None  # the user's speech level, learnt from their turns
         self._background = False  # the speech now is background, not the user
         self._background_until = 0.0  # VAD clock: background speech was heard until then
@@ -305,7 +306,10 @@ class ConversationSession:
         self._levels.append(level)
         if self._vad.speaking or self._speech or self._silence_since is not None:
             self._speech.append(audio16)
-            self._speech_levels.append(level)
+            if self._vad.speaking:
+                # Voiced frames only: the silence after a turn lasts as long as the ASR takes
+                # and would pull the user's level down on a busy machine.
+                self._speech_levels.append(level)
         else:
             self._preroll.append(audio16)
         for event in self._vad.process(audio16):
@@ -313,7 +317,7 @@ class ConversationSession:
                 await self._on_speech_start(self._arrival_of(event.at), event.at)
             else:
                 self._on_speech_end(hangover=self._vad.now - event.at)
-        if self._background and self._vad.speaking and not self._is_background(level):
+        if self._background and self._vad.speaking and self._user_over_background():
             # It was background at its onset; now someone speaks at the user's level.
             self._background = False
             await self._on_speech_start(arrived, self._vad.now)
@@ -367,6 +371,17 @@ class ConversationSession:
         if self._vad.now < self._background_until:
             margin = min(margin, _NEAR_USER_DB)
         return level < user - margin
+
+    def _user_over_background(self) -> bool:
+        """The user's voice, not a loud syllable of the background: the last few frames all
+        near the user's own level (one frame of a television can come within a few dB)."""
+        user = self._user_db
+        recent = list(self._levels)[-_TAKEOVER_FRAMES:]
+        return (
+            user is not None
+            and len(recent) == _TAKEOVER_FRAMES
+            and min(recent) >= user - _NEAR_USER_DB
+        )
 
     def _learn_user_level(self) -> None:
         """The user's speech level, from their turns (the loud part of each utterance)."""
