@@ -48,6 +48,8 @@ async def utterances(stack: tuple[Worker, Orchestrator]) -> dict[str, list[bytes
             "four people please.",
             "Uh-huh.",
             "Yeah.",
+            "Right.",
+            "Yeah, but wait, I have another question.",
             BACKGROUND,
         ],
         "piper-joe",
@@ -371,6 +373,67 @@ async def test_barge_in_is_timed_from_the_onset_the_vad_heard(
             runner.cancel()
 
 
+@pytest.mark.parametrize("said", ["Uh-huh.", "Yeah.", "Right."])
+async def test_a_backchannel_lets_the_reply_go_on_before_it_is_judged(
+    stack: tuple[Worker, Orchestrator], utterances: dict[str, list[bytes]], said: str
+) -> None:
+    """The reply is silenced a moment after the user's voice comes in; as soon as what was
+    heard reads as no more than a backchannel it goes on, still lowered, and it comes back
+    to full volume only once the whole of it is judged. (Judged only at the end, the reply
+    stays silent until then: resume and full volume come together.)"""
+    orch = stack[1]
+    conv = Conversation(_no_mic)
+    session = ConversationSession(
+        orch.services, _Output(conv), SessionStart(SEND_RATE, "piper-joe")
+    )
+
+    def acted(action: str, gain: float | None = None) -> list[float]:
+        return [
+            at
+            for at, e in conv.events
+            if e.get("action") == action and (gain is None or e.get("gain") == gain)
+        ]
+
+    async with asyncio.TaskGroup() as tg:
+        runner = tg.create_task(session.run())
+        try:
+            await session.submit_text("Please tell me a story.")
+            assert await conv.wait_for(lambda: len(conv.frames) > 60, 30)
+            for pcm in utterances[said] + [bytes(2 * SEND_RATE // 50)] * 50:
+                session.feed_audio(pcm)
+                await asyncio.sleep(0.02)
+            assert await conv.wait_for(lambda: bool(acted("duck", 1.0)), 5), _told(conv)
+            assert acted("pause") and acted("resume"), _told(conv)
+            assert acted("resume")[0] < acted("duck", 1.0)[0] - 0.05, _told(conv)
+            n = len(conv.frames)
+            assert await conv.wait_for(lambda: len(conv.frames) > n + 25, 5)
+            assert not acted("flush"), _told(conv)
+        finally:
+            runner.cancel()
+
+
+async def test_an_interruption_that_begins_like_a_backchannel_still_stops_the_reply(
+    stack: tuple[Worker, Orchestrator], utterances: dict[str, list[bytes]]
+) -> None:
+    """ "Yeah, but wait, ...": the first look may let the reply go on, lowered; the words that
+    follow stop it, and they are the next turn."""
+    async with conversation(url(stack), "piper-joe") as conv:
+        conv.say(utterances["Please tell me a story."], {})
+        assert await conv.wait_for(lambda: len(conv.frames) > 75, 30)
+        conv.say(utterances["Yeah, but wait, I have another question."], {})
+        assert await conv.wait_for(
+            lambda: any(e.get("action") == "flush" for e in events(conv, "playback")), 10
+        ), _told(conv)
+        assert await conv.wait_for(
+            lambda: any(
+                "question" in str(e.get("text", "")).lower()
+                for e in events(conv, "transcript")
+                if e.get("final")
+            ),
+            15,
+        ), _told(conv)
+
+
 async def test_a_lost_tts_session_is_started_again(stack: tuple[Worker, Orchestrator]) -> None:
     """The worker ends the conversation's session behind its back (a restart, a reaper): the
     next reply starts a new one instead of failing with NOT_FOUND."""
@@ -513,10 +576,11 @@ async def test_the_user_talking_over_the_television_still_interrupts(
         ), _told(conv)
 
 
-def _told(conv: Conversation) -> list[tuple[str, Any]]:
+def _told(conv: Conversation) -> str:
     """What the session said, short enough to read in a failure."""
-    return [
-        (e["type"], e.get("action") or e.get("text") or e.get("state"))
-        for _, e in conv.events
+    start = conv.events[0][0] if conv.events else 0.0
+    return "; ".join(
+        f"{at - start:.2f} {e['type']} {e.get('action') or e.get('text') or e.get('state')}"
+        for at, e in conv.events
         if e["type"] in ("playback", "transcript", "state")
-    ]
+    )

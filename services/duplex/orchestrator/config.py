@@ -34,6 +34,9 @@ class BargeInConfig(BaseModel):
     # ... and silences it once the speech has lasted this long (from the onset the VAD found):
     # longer lets more "uh-huh"s through unsilenced, shorter stops sooner for "wait".
     pause_after_seconds: float = Field(0.15, ge=0)
+    # ... and, silenced, has its first words transcribed once they have lasted this long: a
+    # backchannel ("uh-huh", "yeah") lets the reply go on, lowered, before the user finishes it.
+    glimpse_after_seconds: float = Field(0.25, ge=0)
     # Speech over the reply this much quieter than the user's own (a television, people
     # across the room) does not interrupt it. The user's level is learnt from their turns.
     background_db: float = Field(15.0, gt=0)

@@ -130,8 +130,10 @@ class Reply:
         self._running.clear()
         self._control(Command.PAUSE)
 
-    def resume(self) -> None:
-        self.trace.barge_in_judged("resumed")
+    def resume(self, *, judged: bool = True) -> None:
+        """Play on after `pause`; `judged=False` while the interruption is still being heard."""
+        if judged:
+            self.trace.barge_in_judged("resumed")
         self._control(Command.RESUME)
         self._running.set()
 

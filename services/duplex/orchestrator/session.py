@@ -67,6 +67,10 @@ _TAKEOVER_FRAMES = 3  # 60 ms
 # A paused reply resumes only after this much silence: an unclear first word ("Wait,") can be
 # judged before the rest of an interruption, and resuming then would play a burst of reply.
 _RESUME_HOLD = 0.4
+# Backchannels are short: speech over the reply that has gone on this long without reading as
+# one is judged when it ends.
+_GLIMPSE_UNTIL = 0.7
+_GLIMPSE_DUTY = 0.5
 
 
 class SessionOutput(Protocol):
@@ -194,6 +198,8 @@ class ConversationSession:
         self._barge_onset = 0.0  # monotonic arrival of the interrupting speech's onset
         self._barge_onset_audio = 0.0  # the same onset on the VAD's clock
         self._barge_paused = False  # the reply was silenced (not only lowered)
+        self._barge_waved = False  # a first look heard an "uh-huh": the reply goes on, lowered
+        self._barge_waved_on_pause = False  # ... an unclear one, as the voice dropped
         self._levels: deque[float] = deque(maxlen=25)  # dBFS of the last half second, 20 ms each
         self._speech_levels: list[float] = []  # ... of the utterance's voiced frames
         self._user_db: float | None = None  # the user's speech level, learnt from their turns
@@ -318,8 +324,11 @@ class ConversationSession:
             else:
                 self._on_speech_end(hangover=self._vad.now - event.at)
         if self._background and self._vad.speaking and self._user_over_background():
-            # It was background at its onset; now someone speaks at the user's level.
-            self._background = False
+            # It was background at its onset; now someone speaks at the user's level. Their
+            # utterance starts here: the background before it is not theirs to answer.
+            said = self._speech
+            self._reset_utterance()
+            self._preroll.extend(said[-(self._preroll.maxlen or 1) :])
             await self._on_speech_start(arrived, self._vad.now)
         if (
             self._vad.pausing
@@ -360,6 +369,7 @@ class ConversationSession:
             await self._duck(onset, onset_audio)
         elif self._machine.state == State.BARGED_IN:
             self._barge_onset_audio = onset_audio  # more speech: silence it if it goes on
+            self._barge_waved = self._barge_waved_on_pause = False
 
     def _is_background(self, level: float) -> bool:
         user = self._user_db
@@ -427,13 +437,13 @@ class ConversationSession:
         start = max(self._spoken_len, onset - round(_PREROLL_SECONDS * ASR_RATE))
         self._head = (head, min(start, buffered))
 
-    def _start_transcript(self, *, early: bool = False) -> None:
+    def _start_transcript(self, *, early: bool = False, duty: float = _ASR_DUTY) -> None:
         if self._transcript is not None and not self._transcript.done():
             return
         audio = np.concatenate(self._speech) if self._speech else np.zeros(0, np.float32)
         self._transcript_len = audio.size
         self._transcript = self._tasks.spawn(
-            self._transcribe(audio, self._head, early=early), "asr"
+            self._transcribe(audio, self._head, early=early, duty=duty), "asr"
         )
 
     async def _transcribe(
@@ -442,6 +452,7 @@ class ConversationSession:
         head: tuple[Transcript, int] | None,
         *,
         early: bool,
+        duty: float = _ASR_DUTY,
     ) -> Transcript:
         """The utterance in `audio`: its settled head as it was, the rest transcribed now."""
         said, start = head or (Transcript(), 0)
@@ -452,7 +463,7 @@ class ConversationSession:
         self._s.metrics.asr.observe(took)
         self._asr_span = (started, started + took)
         if early:
-            self._next_early_asr = time.monotonic() + took * (1 - _ASR_DUTY) / _ASR_DUTY
+            self._next_early_asr = time.monotonic() + took * (1 - duty) / duty
         return transcript
 
     async def _decide(self) -> None:
@@ -576,6 +587,7 @@ class ConversationSession:
         self._barge_onset = onset
         self._barge_onset_audio = onset_audio
         self._barge_paused = False
+        self._barge_waved = self._barge_waved_on_pause = False
         self._machine.to(State.BARGED_IN)
 
     def _silence_reply(self) -> None:
@@ -603,13 +615,19 @@ class ConversationSession:
 
     async def _judge_interruption(self, speaking: bool, now: float) -> None:
         cfg = self._s.config.barge_in
-        if (
-            speaking
-            and not self._barge_paused
-            and self._reply is not None
-            and self._vad.now - self._barge_onset_audio >= cfg.pause_after_seconds
-        ):
-            self._silence_reply()
+        if speaking and self._reply is not None:
+            if self._barge_waved_on_pause and not self._vad.pausing:
+                # The voice came back after what read as an "uh-huh": new speech over the reply.
+                self._barge_waved = self._barge_waved_on_pause = False
+                self._barge_onset, self._barge_onset_audio = now, self._vad.now
+            heard_for = self._vad.now - self._barge_onset_audio
+            if (
+                not (self._barge_paused or self._barge_waved)
+                and heard_for >= cfg.pause_after_seconds
+            ):
+                self._silence_reply()
+            if self._barge_paused and cfg.glimpse_after_seconds <= heard_for < _GLIMPSE_UNTIL:
+                self._glimpse()
         elapsed = now - self._barge_started
         if speaking and elapsed < cfg.confirm_after_seconds:
             return
@@ -624,6 +642,8 @@ class ConversationSession:
         # A speculative transcript from before the speech ended misses its tail: redo it, or
         # "Wait, stop" judged on "Wai-" sounds like a cough and the reply resumes.
         if self._transcript_len < self._spoken_len - ASR_RATE * 0.05:
+            if self._barge_paused and is_backchannel(_result(task).text):
+                self._wave_on()  # lowered while the whole of it is judged
             self._start_transcript()
             return
         transcript = _result(task)
@@ -635,6 +655,39 @@ class ConversationSession:
             # A clear "uh-huh" resumes at once; nothing clear (a cough, or an unclear first
             # word like "Wait,") only after a pause long enough to show nothing follows.
             await self._resume_after_false_alarm(transcript.text)
+        elif self._barge_paused and is_backchannel(transcript.text):
+            # No more than a doubtful backchannel ("uh-huh" as "ah"): play on, lowered, while
+            # the pause shows whether more follows. No word at all stays silent: over WebRTC
+            # that is how Whisper often hears "Wait," before the rest of an interruption.
+            self._wave_on()
+
+    def _glimpse(self) -> None:
+        """A first look at the words over the silenced reply, while they are still being said:
+        an "uh-huh" lets the reply go on, still lowered, so that a backchannel costs a moment's
+        silence rather than a second's. The words are judged again in full when they end; a
+        real interruption that began like a backchannel ("yeah, but...") then stops the reply."""
+        assert self._reply is not None
+        task = self._transcript
+        heard = _result(task) if task is not None and task.done() else None
+        if heard is not None and is_backchannel(heard.clear(_UNCLEAR)):
+            self._wave_on()
+        elif heard is not None and self._vad.pausing and is_backchannel(heard.text):
+            # The voice has just dropped and no more than a doubtful backchannel was heard
+            # ("uh-huh" as "ah"): play on, lowered; if the voice comes back it is silenced
+            # again. A doubtful other word ("way" for "Wait,"), or none, keeps it silent.
+            self._wave_on()
+            self._barge_waved_on_pause = True
+        elif (task is None or task.done()) and time.monotonic() >= self._next_early_asr:
+            # Not clear yet ("uh-" reads as "of"): look again at the longer stretch. Looks are
+            # few (backchannels are short), so they may take a larger share of the ASR.
+            self._start_transcript(early=True, duty=_GLIMPSE_DUTY)
+
+    def _wave_on(self) -> None:
+        assert self._reply is not None
+        self._reply.resume(judged=False)
+        self._barge_paused = False
+        self._barge_waved = True
+        self._out.send_event({"type": "playback", "action": "resume"})
 
     async def _resume_after_false_alarm(self, text: str) -> None:
         self._reset_utterance()
@@ -647,6 +700,8 @@ class ConversationSession:
         if self._barge_paused:
             reply.resume()
             self._out.send_event({"type": "playback", "action": "resume"})
+        else:
+            reply.trace.barge_in_judged("resumed")
         reply.duck(1.0)
         self._out.send_event({"type": "playback", "action": "duck", "gain": 1.0})
         self._barge_paused = False

@@ -92,6 +92,9 @@ class RedisRegistration:
                 async with asyncio.timeout(5):
                     await asyncio.shield(self._heartbeat_task)
         await self._tasks.aclose()
+        if self._heartbeat_task is None:  # never registered: nothing to take back
+            await self._redis.aclose()
+            return
         try:
             await self._redis.delete(worker_key(self._name))
             await self._redis.publish(

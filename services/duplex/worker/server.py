@@ -55,6 +55,14 @@ class Worker:
         return self.config.advertise or f"{self.config.host}:{self.port}"
 
     async def start(self) -> None:
+        """Serve; a start that fails (a port taken, Redis refusing) leaves nothing running."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.aclose(grace=0)
+            raise
+
+    async def _start(self) -> None:
         await self.manager.start(follow_model_set=self.config.kube)
         if self.config.kube:
             await self._follow_pod()
