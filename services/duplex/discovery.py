@@ -11,11 +11,33 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import redis.asyncio as aioredis
+
+from duplex.errors import InvalidInput
+
 KEY_PREFIX = "duplex:worker:"
 EVENTS_CHANNEL = "duplex:events"
 # A TTS session that serves a VoiceSession (Kubernetes) is named <VoiceSession>/<suffix>:
 # the worker lists its sessions' ids, and the operator sees which VoiceSessions are Active.
 _VOICE_SESSION_SEPARATOR = "/"
+
+
+def redis_client(url: str) -> aioredis.Redis:
+    """A client for the discovery Redis, with bounded waits (a Redis that accepts and then
+    stalls must not hold a start or an exit). Options the URL gives that its scheme does not
+    take (TLS ones on `redis://`) are a clear error here, not a TypeError at first use."""
+    client = aioredis.from_url(
+        url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=5
+    )
+    pool = client.connection_pool
+    try:
+        pool.connection_class(**pool.connection_kwargs)  # opens nothing: connections are lazy
+    except TypeError as exc:
+        raise InvalidInput(
+            f"the Redis URL has an option its scheme does not take ({exc}); TLS options such"
+            " as ssl_ca_certs need rediss://"
+        ) from None
+    return client
 
 
 def worker_key(name: str) -> str:

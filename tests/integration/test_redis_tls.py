@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from duplex.errors import WorkerUnavailable
+from duplex.errors import InvalidInput, WorkerUnavailable
 from duplex.orchestrator.router import ClientPool, RedisDirectory, Router
 from duplex.ports import free_ports
 from duplex.worker.config import WorkerConfig
@@ -123,3 +123,11 @@ async def test_a_worker_that_cannot_reach_redis_fails_at_start(
     said = str(caught.value)
     assert "Redis at 127.0.0.1" in said and message in said.lower(), said
     assert "nope" not in said and PASSWORD not in said  # no password in logs
+
+
+async def test_a_tls_option_on_a_plain_url_is_a_clear_error(tls_redis: tuple[int, Path]) -> None:
+    port, ca = tls_redis
+    with pytest.raises(InvalidInput, match="rediss://") as caught:
+        async with Worker(worker_config("misconfigured", url(port, ca).replace("rediss", "redis"))):
+            pass
+    assert PASSWORD not in str(caught.value)

@@ -21,10 +21,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from duplex.discovery import EVENTS_CHANNEL, KEY_PREFIX, WorkerEvent, WorkerRecord, worker_key
+from duplex.discovery import (
+    EVENTS_CHANNEL,
+    KEY_PREFIX,
+    WorkerEvent,
+    WorkerRecord,
+    redis_client,
+    worker_key,
+)
 from duplex.errors import UnknownModel
 from duplex.rpc.client import TtsClient
 from duplex.rpc.security import ClientTls
@@ -198,9 +204,7 @@ class RedisDirectory(Directory):
 
     def __init__(self, pool: ClientPool, url: str) -> None:
         super().__init__(pool)
-        self._redis = aioredis.from_url(
-            url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=5
-        )
+        self._redis = redis_client(url)
         self._tasks = TaskSet("redis-directory")
         self._outage: str | None = None
 

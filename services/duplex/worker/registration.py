@@ -7,10 +7,9 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from duplex.discovery import EVENTS_CHANNEL, WorkerEvent, WorkerRecord, worker_key
+from duplex.discovery import EVENTS_CHANNEL, WorkerEvent, WorkerRecord, redis_client, worker_key
 from duplex.errors import WorkerUnavailable
 from duplex.tasks import TaskSet
 
@@ -26,11 +25,7 @@ class RedisRegistration:
     def __init__(
         self, url: str, snapshot: Callable[[], WorkerRecord], heartbeat_seconds: float = 1.0
     ) -> None:
-        # Bounded waits: a Redis that accepts and then stalls must not hold a worker's start
-        # or its deregistration at exit.
-        self._redis = aioredis.from_url(
-            url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=5
-        )
+        self._redis = redis_client(url)
         self._snapshot = snapshot
         self._interval = heartbeat_seconds
         self._ttl_ms = int(heartbeat_seconds * 3000)
