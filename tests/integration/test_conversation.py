@@ -425,14 +425,7 @@ async def test_an_interruption_that_begins_like_a_backchannel_still_stops_the_re
         assert await conv.wait_for(
             lambda: any(e.get("action") == "flush" for e in events(conv, "playback")), 10
         ), _told(conv)
-        assert await conv.wait_for(
-            lambda: any(
-                "question" in str(e.get("text", "")).lower()
-                for e in events(conv, "transcript")
-                if e.get("final")
-            ),
-            15,
-        ), _told(conv)
+        assert await conv.wait_for(lambda: _heard_said(conv, "question"), 15), _told(conv)
 
 
 async def test_a_lost_tts_session_is_started_again(stack: tuple[Worker, Orchestrator]) -> None:
@@ -567,14 +560,14 @@ async def test_the_user_talking_over_the_television_still_interrupts(
             len(mixed) * 0.02 + 5,
         )
         assert paused, _told(conv)
-        assert await conv.wait_for(
-            lambda: any(
-                "question" in str(e.get("text", "")).lower()
-                for e in events(conv, "transcript")
-                if e.get("final")
-            ),
-            15,
-        ), _told(conv)
+        assert await conv.wait_for(lambda: _heard_said(conv, "question"), 15), _told(conv)
+
+
+def _heard_said(conv: Conversation, word: str) -> bool:
+    """Whether a final transcript (a turn taken) has this word."""
+    return any(
+        word in str(e.get("text", "")).lower() for e in events(conv, "transcript") if e.get("final")
+    )
 
 
 def _told(conv: Conversation) -> str:
