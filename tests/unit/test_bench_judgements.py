@@ -85,3 +85,21 @@ def test_the_table_prints_n_and_failures() -> None:
     row = text.splitlines()[2].split()
     assert row[:4] == ["barge-in", "ms", "4", "1"] and row[-1] == "90.0"
     assert series.summary()["why_failed"] == {"reply audio still going 10.0 s after the onset": 1}
+
+
+def test_the_load_table_names_the_largest_level_that_held() -> None:
+    from duplex.bench.conversation import Load, render_load
+
+    def level(n: int, values: list[float], failures: int = 0) -> Load:
+        result = Load(n, Series(f"{n} at once: voice-to-voice", values=values))
+        for _ in range(failures):
+            result.v2v.fail("no reply")
+        return result
+
+    held = level(4, [0.5, 0.6, 0.7])
+    slow = level(10, [0.6, 0.9, 1.4])  # p95 over a second
+    failing = level(20, [0.5, 0.5], failures=1)
+    assert held.ok and not slow.ok and not failing.ok
+    out = render_load([level(1, [0.4]), held, slow, failing])
+    assert "largest N with no failures and v2v p95 < 1 s: 4" in out
+    assert "no reply" in out  # the failed question is listed with its reason

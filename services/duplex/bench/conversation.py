@@ -282,23 +282,32 @@ async def load(
     result = Load(n, Series(f"{n} at once: voice-to-voice"))
 
     async def one(i: int) -> None:
-        async with conversation(url, model, api_key) as conv:
-            await conv.wait_for(
-                lambda: any(e["type"] in ("session.started", "error") for _, e in conv.events),
-                30,
-            )
-            refusal = [e for _, e in conv.events if e["type"] == "error"]
-            if refusal or not conv.events:
-                result.refused += 1
-                why = refusal[0].get("code", "error") if refusal else "no answer"
-                for _ in range(questions):
-                    result.v2v.fail(f"conversation refused ({why})")
-                return
-            for q in range(questions):
-                try:
-                    result.v2v.add(await ask(conv, utt[QUESTIONS[(i + q) % len(QUESTIONS)]]))
-                except Failed as exc:
-                    result.v2v.fail(str(exc))
+        done = 0  # questions with an outcome, a number or a failure
+        try:
+            async with conversation(url, model, api_key) as conv:
+                await conv.wait_for(
+                    lambda: any(e["type"] in ("session.started", "error") for _, e in conv.events),
+                    30,
+                )
+                refusal = [e for _, e in conv.events if e["type"] == "error"]
+                if refusal or not conv.events:
+                    result.refused += 1
+                    why = refusal[0].get("code", "error") if refusal else "no answer"
+                    for _ in range(questions):
+                        result.v2v.fail(f"conversation refused ({why})")
+                    done = questions
+                    return
+                for q in range(questions):
+                    try:
+                        question = utt[QUESTIONS[(i + q) % len(QUESTIONS)]]
+                        result.v2v.add(await ask(conv, question))
+                    except Failed as exc:
+                        result.v2v.fail(str(exc))
+                    done += 1
+        except Exception as exc:  # boundary: a connection that broke fails its run, not the bench
+            why = f"connection failed: {type(exc).__name__}: {exc}"
+            for _ in range(questions - done):
+                result.v2v.fail(why)
 
     await asyncio.gather(*(one(i) for i in range(n)))
     return result

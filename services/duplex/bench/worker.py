@@ -96,10 +96,11 @@ async def first_audio(client: TtsClient, model: str, runs: int) -> Series:
     """First text chunk in → first data frame out; each run reads its utterance to the end."""
     series = Series(f"{model}: first audio")
     for _ in range(runs):
-        sid = await _session(client, model, pacing="none")
-        sent = time.perf_counter()
+        sid: str | None = None
         first: float | None = None
         try:
+            sid = await _session(client, model, pacing="none")
+            sent = time.perf_counter()
             async with asyncio.timeout(CALL_TIMEOUT):
                 async for frame in client.say(sid, FIRST_TEXT):
                     if frame.frame is not None and first is None:
@@ -108,7 +109,8 @@ async def first_audio(client: TtsClient, model: str, runs: int) -> Series:
             series.fail(_why(exc))
             continue
         finally:
-            await _end(client, sid)
+            if sid is not None:
+                await _end(client, sid)
         if first is None:
             series.fail("the utterance had no audio")
         else:
@@ -219,10 +221,11 @@ async def pacing(client: TtsClient, model: str, sessions: int, seconds: float) -
     result = Pacing(sessions, Series(f"{model}: lateness × {sessions}"))
 
     async def one() -> None:
-        sid = await _session(client, model, pacing="realtime", lead_ms=str(LEAD_MS))
+        sid: str | None = None
         pacer = FramePacer(LEAD_MS / 1000)
         got = 0
         try:
+            sid = await _session(client, model, pacing="realtime", lead_ms=str(LEAD_MS))
             async with asyncio.timeout(CALL_TIMEOUT):
                 async for frame in client.say(sid, LONG_TEXT):
                     if frame.frame is None:
@@ -235,9 +238,11 @@ async def pacing(client: TtsClient, model: str, sessions: int, seconds: float) -
                         break
         except (grpc.aio.AioRpcError, TimeoutError) as exc:
             result.lateness.fail(_why(exc))
+            return
         finally:
-            await _end(client, sid)
-        if got * 0.02 < seconds and got:
+            if sid is not None:
+                await _end(client, sid)
+        if got * 0.02 < seconds:
             result.lateness.fail(f"the stream ended after {got} frames")
 
     await asyncio.gather(*(one() for _ in range(sessions)))
@@ -247,16 +252,18 @@ async def pacing(client: TtsClient, model: str, sessions: int, seconds: float) -
 async def rtf(client: TtsClient, model: str, runs: int) -> Series:
     series = Series(f"{model}: RTF", unit="x")
     for _ in range(runs):
-        sid = await _session(client, model, pacing="none")
-        started = time.perf_counter()
+        sid: str | None = None
         try:
+            sid = await _session(client, model, pacing="none")
+            started = time.perf_counter()
             async with asyncio.timeout(CALL_TIMEOUT):
                 frames = [f async for f in client.say(sid, LONG_TEXT) if f.frame is not None]
         except (grpc.aio.AioRpcError, TimeoutError) as exc:
             series.fail(_why(exc))
             continue
         finally:
-            await _end(client, sid)
+            if sid is not None:
+                await _end(client, sid)
         if frames:
             series.add((time.perf_counter() - started) / (len(frames) * 0.02))
         else:
@@ -355,4 +362,5 @@ async def run_worker_bench(opts: argparse.Namespace) -> int:
                 indent=2,
             )
         )
-    return 1 if any(s.failures for s in series) else 0
+    failed = any(s.failures for s in [*series, *(p.lateness for p in pacings)])
+    return 1 if failed else 0
