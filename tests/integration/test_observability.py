@@ -68,7 +68,9 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     collector = Collector()
     worker_metrics, orchestrator_metrics = free_ports(2)
-    worker = processes.worker("obs-worker", model="piper-joe", metrics_port=worker_metrics)
+    worker = processes.worker(
+        "obs-worker", model="piper-joe", metrics_port=worker_metrics, log_format="json"
+    )
     config = tmp_path_factory.mktemp("orchestrator") / "orchestrator.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -186,10 +188,11 @@ def test_an_interrupted_turn_reaches_the_collector_as_one_trace_with_every_span(
 
 
 def json_lines(process: processes.ServiceProcess) -> list[dict[str, Any]]:
-    """The orchestrator's log: every line JSON but the address it prints when it starts."""
+    """A service's log: every line JSON but the address it prints when it starts."""
     lines = []
     for line in process.log().splitlines():
-        if line.startswith(("duplex orchestrator on ", "  /metrics and /healthz on port")):
+        starts = ("duplex orchestrator on ", "  /metrics and /healthz on port", "duplex worker ")
+        if line.startswith(starts):
             continue
         entry = json.loads(line)
         assert {"time", "level", "logger", "message"} <= set(entry), entry
@@ -210,6 +213,30 @@ def test_log_lines_are_json_and_carry_the_session_and_the_turn(
     for entry in lines:
         if "trace_id" in entry:
             assert entry["session_id"] == interrupted.session_id, entry
+
+
+def test_the_workers_lines_name_the_session_and_the_turn_they_serve(
+    stack: Stack, interrupted: Interrupted
+) -> None:
+    traces = {m["turn"]["trace_id"] for m in interrupted.metrics}
+    lines = json_lines(stack.worker)
+    streams = [
+        e for e in lines if e["message"].startswith(("stream ended: ", "stream cancelled: "))
+    ]
+    # Each reply's stream on the worker names the turn's trace, carried in its traceparent.
+    assert traces <= {e.get("trace_id") for e in streams}, streams
+    # A session's lines all name it: from its start to its streams (the conversation's TTS
+    # session, distinct from the utterances spoken for the test's own audio).
+    ours = {e["session_id"] for e in streams if e.get("trace_id") in traces}
+    assert len(ours) == 1, streams
+    [sid] = ours
+    started = [e for e in lines if e["message"].startswith("session started on piper-joe")]
+    assert sid in {e.get("session_id") for e in started}, started
+    for entry in lines:
+        if entry["logger"] == "duplex.worker.service":
+            assert entry.get("session_id"), entry
+    # The test's own utterances were not part of a traced turn: their streams name no trace.
+    assert {e["session_id"] for e in streams if "trace_id" not in e} >= {"utt0", "utt1"}
 
 
 def test_talk_prints_where_the_time_of_a_turn_went(interrupted: Interrupted) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from duplex.cli import build_parser
-from duplex.logs import JsonFormatter, bind
+from duplex.logs import JsonFormatter, bind, bound, trace_id_of, traceparent
 
 
 def record(message: str, exc: bool = False) -> logging.LogRecord:
@@ -128,3 +128,42 @@ def test_an_unknown_format_in_the_environment_is_refused() -> None:
     )
     assert result.returncode == 2
     assert "DUPLEX_LOG_FORMAT must be one of text, json" in result.stderr
+
+
+async def test_a_turn_traced_hands_its_traceparent_to_the_calls_it_makes() -> None:
+    async def turn() -> str | None:
+        assert traceparent() is None  # a session, but no trace: nothing to hand on
+        bind(session_id="s1")
+        assert traceparent() is None
+        bind(trace_id="4bf92f3577b34da6a3ce929d0e0e4736", span_id="00f067aa0ba902b7")
+        return traceparent()
+
+    parent = await asyncio.create_task(turn())
+    assert parent == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert trace_id_of(parent) == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert traceparent() is None  # bound in that task only
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "garbage",
+        "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",  # a digit short
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # the invalid all-zero id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" + "x" * 10_000,
+    ],
+)
+def test_a_bad_traceparent_names_no_trace(header: str | None) -> None:
+    assert trace_id_of(header) is None
+
+
+def test_a_line_logged_inside_bound_names_that_session_only() -> None:
+    formatter = JsonFormatter()
+    with bound(session_id="reaped"):
+        inside = json.loads(formatter.format(record("ending idle session")))
+    outside = json.loads(formatter.format(record("next")))
+    assert inside["session_id"] == "reaped"
+    assert "session_id" not in outside

@@ -767,7 +767,9 @@ class ConversationSession:
         self._out.send_event({"type": "reply", "text": text})
 
     async def _speak(self, reply: Reply, history: list[Message], user_text: str) -> None:
-        bind_log_context(session_id=self.id, trace_id=reply.trace.trace_id)
+        bind_log_context(
+            session_id=self.id, trace_id=reply.trace.trace_id, span_id=reply.trace.span_id
+        )
         await self._admitted.wait()
         try:
             complete = await reply.run(self._s.responder, history, user_text)

@@ -123,6 +123,7 @@ class TurnTrace:
         self._tracer = tracer
         self._root: Span | None = None
         self.trace_id: str | None = None
+        self.span_id: str | None = None  # the root's: what calls for this turn descend from
         if tracer is not None:
             # Monotonic moments become wall-clock ones by the offset between the clocks now.
             self._offset_ns = time.time_ns() - time.monotonic_ns()
@@ -136,7 +137,9 @@ class TurnTrace:
                     "duplex.turn.input": "speech" if asr is not None else "text",
                 },
             )
-            self.trace_id = format(self._root.get_span_context().trace_id, "032x")
+            context = self._root.get_span_context()
+            self.trace_id = format(context.trace_id, "032x")
+            self.span_id = format(context.span_id, "016x")
 
     # -- moments, noted by the session and the reply (each once; later calls are no-ops) --
 

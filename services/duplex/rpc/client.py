@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from duplex.audio.frame import FRAME_BYTES, SAMPLE_RATE, PcmFrame
+from duplex.logs import TRACEPARENT, traceparent
 from duplex.rpc._proto import tts_pb2 as pb
 from duplex.rpc._proto import tts_pb2_grpc as pb_grpc
 from duplex.rpc.security import ADMIN_METADATA, ClientTls
@@ -220,7 +221,11 @@ class TtsClient:
                     session_id=session_id, text=text, is_final=final, sequence_number=n
                 )
 
-        return self._frames(self._stub.Synthesize(requests(), metadata=self._metadata))
+        metadata = self._metadata
+        if (parent := traceparent()) is not None:
+            # The turn this stream speaks for: the worker's log lines name its trace.
+            metadata = (*metadata, (TRACEPARENT, parent))
+        return self._frames(self._stub.Synthesize(requests(), metadata=metadata))
 
     def _frames(self, call: Any) -> AsyncIterator[ReceivedFrame]:
         return frames_of(call)

@@ -26,6 +26,7 @@ from duplex.errors import (
     SessionExists,
     UnknownSession,
 )
+from duplex.logs import TRACEPARENT, bind, bound, trace_id_of
 from duplex.rpc._proto import tts_pb2 as pb
 from duplex.rpc._proto import tts_pb2_grpc as pb_grpc
 from duplex.rpc.client import CLIENT_METADATA
@@ -66,6 +67,13 @@ def client_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     peer = context.peer() or "unknown"
     host, _, port = peer.rpartition(":")
     return host if host and port.isdigit() else peer
+
+
+def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
+    for name, value in context.invocation_metadata() or ():
+        if name == key and isinstance(value, str):
+            return value
+    return None
 
 
 def _check_id(what: str, value: str) -> None:
@@ -160,8 +168,9 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
             now = time.monotonic()
             for session in list(self._sessions.values()):
                 if not session.streaming and now - session.idle_since >= limit:
-                    log.info("ending idle session %s", session.session_id)
-                    self._end(session)
+                    with bound(session_id=session.session_id):
+                        log.info("ending idle session %s", session.session_id)
+                        self._end(session)
             idle = [s.idle_since for s in self._sessions.values() if not s.streaming]
             delay = (min(idle) + limit - now) if idle else limit
             self._idle_changed.clear()
@@ -182,6 +191,7 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
             if not sid:
                 raise InvalidInput("session_id is required")
             _check_id("session_id", sid)
+            bind(session_id=sid)  # each call is a task of its own: this tags its lines only
             _check_id("model_id", request.model_id)
             _check_options(dict(request.options))
             model_id = request.model_id or self._config.default_model
@@ -218,15 +228,24 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
         self._metrics.active_sessions.set(len(self._sessions))
         self._idle_changed.set()
         self.on_sessions_changed()
+        log.info(
+            "session started on %s (voice %s) for %s",
+            model_id,
+            session.voice or "default",
+            client,
+        )
         return pb.StartSessionResponse(success=True, message=f"session started on {model_id}")
 
     async def EndSession(
         self, request: pb.EndSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.EndSessionResponse:
         try:
+            _check_id("session_id", request.session_id)
+            bind(session_id=request.session_id)
             self._end(self._session(request.session_id, client_of(context)))
         except DuplexError as exc:
             await _abort(context, exc)
+        log.info("session ended")
         return pb.EndSessionResponse(success=True)
 
     async def Synthesize(
@@ -241,6 +260,10 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
                 return
             if isinstance(first, MalformedChunk):
                 raise InvalidInput(f"malformed TextChunk: {first.error}")
+            _check_id("session_id", first.session_id)
+            # The stream's lines name its session and, when the caller traces the turn it
+            # speaks for, that trace; the session's tasks below inherit both.
+            bind(session_id=first.session_id, trace_id=trace_id_of(_metadata(context, TRACEPARENT)))
             session = self._session(first.session_id, client_of(context))
             if session.streaming:
                 raise SessionExists(f"session {first.session_id!r} already has a Synthesize stream")
@@ -258,7 +281,11 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
                     yield TextPiece(chunk.text, chunk.is_final)
                     chunk = await anext(request_iterator, None)
 
+            sent = 0
+
             async def send(out: OutFrame) -> None:
+                nonlocal sent
+                sent += 1
                 await context.write(
                     pb.AudioFrame(
                         session_id=sid,
@@ -270,8 +297,17 @@ class TtsServicer(pb_grpc.TTSServiceServicer):
                     )
                 )
 
-            await session.run(pieces(), send)
+            started = time.monotonic()
+            try:
+                await session.run(pieces(), send)
+            except asyncio.CancelledError:
+                # The client went away or gave the stream up (a barge-in that stops the reply).
+                log.info("stream cancelled: %d frames in %.1f s", sent, time.monotonic() - started)
+                raise
+            log.info("stream ended: %d frames in %.1f s", sent, time.monotonic() - started)
         except DuplexError as exc:
+            if session is not None:
+                log.warning("stream failed: %s", exc)
             await _abort(context, exc)
         finally:
             if session is not None:
