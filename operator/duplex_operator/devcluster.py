@@ -38,6 +38,7 @@ BUILD_SCRIPT = ROOT / "tools" / "build-test-binaries.sh"
 CRD_DIR = ROOT / "manifests" / "crds"
 PLUGIN_USER = "plugin-user"
 CERT_USER = "cert-user"
+OIDC_USER = "oidc-user"
 
 T = TypeVar("T")
 
@@ -61,6 +62,9 @@ class KubeApiServer:
     kubeconfig: Path
     # A second user for credentials that reach the server another way (an exec plugin).
     plugin_token: str
+    # A third user's token, shaped as an OpenID Connect id-token (a JWT that expires in a day),
+    # for kubeconfigs with an `oidc` auth-provider; the server takes it as a static token.
+    oidc_token: str
     # Every write request the server answered, as JSON lines (user, user agent, verb, object).
     audit_log: Path
     # A client certificate (user cert-user, group system:masters) and its key.
@@ -213,10 +217,12 @@ class KubeControlPlane:
         _run(etcd.until(lambda: _etcd_healthy(etcd_url), "answer /health", deadline))
 
         token, plugin_token = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        oidc_token = _id_token(OIDC_USER, expires=time.time() + 86400)
         tokens = run / "tokens.csv"
         tokens.write_text(
             f'{token},admin,admin,"system:masters"\n'
             f'{plugin_token},{PLUGIN_USER},{PLUGIN_USER},"system:masters"\n'
+            f'{oidc_token},{OIDC_USER},{OIDC_USER},"system:masters"\n'
         )
         sa_key = run / "service-account.key"
         _write_rsa_key(sa_key)
@@ -232,6 +238,7 @@ class KubeControlPlane:
             ca_file=cert_dir / "apiserver.crt",
             kubeconfig=run / "kubeconfig",
             plugin_token=plugin_token,
+            oidc_token=oidc_token,
             audit_log=run / "audit.log",
             client_cert=run / "client.crt",
             client_key=run / "client.key",
@@ -440,6 +447,18 @@ def _supports(binary: Path, flag: str) -> bool:
         [str(binary), "--help"], capture_output=True, text=True, timeout=30, check=False
     )
     return flag in result.stdout + result.stderr
+
+
+def _id_token(subject: str, expires: float) -> str:
+    """An unsigned JWT with `sub` and `exp`: what a kubeconfig's oidc auth-provider holds and
+    reads the expiry of (this server matches it as a plain string, so no signature is needed)."""
+    import base64
+
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    claims = {"iss": "https://issuer.invalid", "sub": subject, "exp": int(expires)}
+    return ".".join((part({"alg": "none", "typ": "JWT"}), part(claims), secrets.token_hex(8)))
 
 
 def _write_rsa_key(path: Path) -> None:

@@ -20,7 +20,7 @@ import yaml
 from aiohttp import web
 
 from duplex.kube import KubeClient, KubeSource
-from duplex_operator.devcluster import CERT_USER, PLUGIN_USER, KubeApiServer
+from duplex_operator.devcluster import CERT_USER, OIDC_USER, PLUGIN_USER, KubeApiServer
 from tests.kubeconfigs import exec_kubeconfig, exec_user
 
 REVIEW = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
@@ -66,6 +66,22 @@ async def test_a_client_certificate(kube_apiserver: KubeApiServer, tmp_path: Pat
         path = kube_apiserver.write_kubeconfig(kube_apiserver.client_key.parent / "cert", user)
         async with KubeClient.load(path) as client:
             assert await whoami(client) == CERT_USER
+
+
+async def test_an_oidc_auth_provider(kube_apiserver: KubeApiServer, tmp_path: Path) -> None:
+    # What `kubectl oidc-login` or an identity provider's setup writes: an id-token that has
+    # not expired is sent as it is, with no call to the issuer.
+    provider = {
+        "name": "oidc",
+        "config": {
+            "client-id": "duplex",
+            "idp-issuer-url": "https://issuer.invalid",
+            "id-token": kube_apiserver.oidc_token,
+        },
+    }
+    path = kube_apiserver.write_kubeconfig(tmp_path / "config", {"auth-provider": provider})
+    async with KubeClient.load(path) as client:
+        assert await whoami(client) == OIDC_USER
 
 
 async def test_a_token_file_that_rotates(kube_apiserver: KubeApiServer, tmp_path: Path) -> None:
