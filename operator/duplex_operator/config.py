@@ -28,7 +28,11 @@ class WorkerPool(BaseModel):
     min_pods: int = Field(0, ge=0)
     max_pods: int = Field(1, ge=0)
     # Model memory one Pod may hold, for bin-packing model sets (sum of TTSModel memoryMiB).
+    # In a GPU pool, once a Pod's worker has read its GPU's memory from the device, that
+    # (less gpu_reserve_mib) is the Pod's size instead: this is the size assumed until then.
     memory_mib: int = Field(2048, ge=1)
+    # GPU memory that CUDA, cuDNN and the engines take before any model: kept free.
+    gpu_reserve_mib: int = Field(1024, ge=0)
     max_sessions: int = Field(16, ge=1)
     # Scale out on demand: when every Pod holding a model serves this many VoiceSessions, the
     # model is placed on one more Pod (a new one up to max_pods). None: max_sessions.

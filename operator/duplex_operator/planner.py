@@ -238,6 +238,19 @@ class _Pass:
     def used_mib(self, name: str) -> int:
         return sum(self.by_id[m].memory_mib for m in self.sets[name] if m in self.by_id)
 
+    def capacity_mib(self, name: str) -> int:
+        """Model memory Pod `name` holds: its GPU's, as its worker read it from the device, in a
+        GPU pool (less what CUDA itself takes); else, and until then, its pool's size."""
+        pool = self.pool_of(name)
+        if pool is None:
+            return 0
+        record = (self.records or {}).get(name)
+        if pool.gpu and record is not None and isinstance(record.gpu_memory_mib, dict):
+            sizes = [v for v in record.gpu_memory_mib.values() if isinstance(v, int) and v > 0]
+            if sizes:  # one GPU per Pod; were there more, the smallest bounds every model
+                return max(0, min(sizes) - pool.gpu_reserve_mib)
+        return pool.memory_mib
+
     def annotation_bytes(self, name: str, extra: TtsModel | None = None) -> int:
         """About what the Pod's annotations take with its set (plus `extra`), in bytes."""
         pool = self.pool_of(name)
@@ -381,7 +394,7 @@ class _Pass:
                 continue
             if with_room and self.occupancy[name] >= self.target(name):
                 continue
-            free = pool.memory_mib - self.used_mib(name) - model.memory_mib
+            free = self.capacity_mib(name) - self.used_mib(name) - model.memory_mib
             if free >= 0 and self.annotation_bytes(name, model) <= ANNOTATION_BUDGET:
                 candidates.append((free, name))
         # Tightest fit first: whole pods stay free for large models (and can be scaled down).

@@ -10,9 +10,10 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from duplex.errors import InvalidInput, MissingDependency
 
@@ -56,6 +57,54 @@ def cuda_device_count() -> int:
     if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
         return 0
     return int(count.value)
+
+
+def gpu_memory_mib() -> dict[str, int]:
+    """The total memory of each GPU this process sees (cuda:0, ...), in MiB, from NVML
+    (`nvidia-ml-py`, in the gpu extra); empty without a GPU, or without NVML (said once)."""
+    count = cuda_device_count()
+    if not count:
+        return {}
+    try:
+        import pynvml
+    except ImportError:
+        log.warning("GPU memory unknown: NVML is missing (%s)", GPU_EXTRA)
+        return {}
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        log.warning("GPU memory unknown: NVML did not start: %s", exc)
+        return {}
+    try:
+        sizes = {}
+        for index in range(count):
+            handle = _nvml_handle(pynvml, index)
+            if handle is not None:
+                sizes[f"cuda:{index}"] = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total) >> 20
+        return sizes
+    except pynvml.NVMLError as exc:
+        log.warning("GPU memory unknown: NVML failed: %s", exc)
+        return {}
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _nvml_handle(pynvml: Any, index: int) -> Any:
+    """NVML's handle of CUDA device `index`. NVML counts every GPU of the machine; CUDA only
+    those in CUDA_VISIBLE_DEVICES (indices or UUIDs), in that order. None for a device NVML
+    cannot name (a MIG slice)."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
+    visible = [v for v in visible if v]
+    if not visible:
+        return pynvml.nvmlDeviceGetHandleByIndex(index)
+    if index >= len(visible):
+        return None
+    item = visible[index]
+    if item.isdigit():
+        return pynvml.nvmlDeviceGetHandleByIndex(int(item))
+    if item.startswith("GPU-"):
+        return pynvml.nvmlDeviceGetHandleByUUID(item)
+    return None
 
 
 def resolve(

@@ -65,6 +65,9 @@ class WorkerRecord:
     model_last_used: dict[str, float] = field(default_factory=dict)
     # Where each resident model runs: cpu, cuda:0, ...
     model_devices: dict[str, str] = field(default_factory=dict)
+    # Total memory of each GPU the worker sees (cuda:0, ...), in MiB, read from the device:
+    # what the operator packs GPU models into.
+    gpu_memory_mib: dict[str, int] = field(default_factory=dict)
     model_errors: dict[str, str] = field(default_factory=dict)
     # Kubernetes mode: the model set the worker last applied (None when it follows none).
     model_set: list[str] | None = None

@@ -436,10 +436,30 @@ def test_gpu_pool_renders_with_its_toleration_and_node_selector(helm: Path, tmp_
     pools = {p.name: p for p in operator_config(objects, "voice", tmp_path).pools}
     assert sorted(pools) == ["cpu", "gpu"]
     gpu = pools["gpu"]
-    assert gpu.gpu and gpu.image == IMAGE
+    # GPU pools run the image with CUDA inference (the Dockerfile's gpu target).
+    assert gpu.gpu and gpu.image == f"{IMAGE}-gpu" and pools["cpu"].image == IMAGE
     assert {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"} in gpu.tolerations
     assert gpu.node_selector == {"nvidia.com/gpu.present": "true"}
     assert not pools["cpu"].gpu and pools["cpu"].tolerations == []
+
+
+@pytest.mark.parametrize(
+    ("values", "image"),
+    [
+        (["image.tag=1.2.3"], "duplex:1.2.3-gpu"),
+        (["image.gpuTag=1.2.3-cuda12"], "duplex:1.2.3-cuda12"),
+        (
+            ["workerPools.gpu.image=registry.example.com/voice:gpu"],
+            "registry.example.com/voice:gpu",
+        ),
+    ],
+)
+def test_the_gpu_pools_image_follows_the_values(
+    helm: Path, tmp_path: Path, values: list[str], image: str
+) -> None:
+    objects = render(helm, "voice", ["workerPools.gpu.enabled=true", *values])
+    pools = {p.name: p for p in operator_config(objects, "voice", tmp_path).pools}
+    assert pools["gpu"].image == image
 
 
 def test_disabled_gpu_pool_is_not_rendered(helm: Path, tmp_path: Path) -> None:

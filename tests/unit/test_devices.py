@@ -62,3 +62,85 @@ def test_this_machine_has_no_gpu_so_auto_is_the_cpu() -> None:
     assert device_for(ModelSpec("piper-joe", "piper"), "auto") == CPU
     with pytest.raises(MissingDependency, match="needs an NVIDIA GPU"):
         device_for(ModelSpec("piper-joe", "piper"), "cuda")
+
+
+class _FakeNvml:
+    """NVML of a pretend machine: physical GPUs by index and UUID, memory totals in bytes."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, totals_mib: dict[str, int], *, fail_init: bool = False) -> None:
+        self.uuids = list(totals_mib)
+        self.totals = totals_mib
+        self.fail_init = fail_init
+        self.open = 0
+
+    def nvmlInit(self) -> None:
+        if self.fail_init:
+            raise self.NVMLError("Driver Not Loaded")
+        self.open += 1
+
+    def nvmlShutdown(self) -> None:
+        self.open -= 1
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:
+        return self.uuids[index]
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> str:
+        if uuid not in self.totals:
+            raise self.NVMLError("Not Found")
+        return uuid
+
+    def nvmlDeviceGetMemoryInfo(self, handle: str) -> object:
+        return type("Memory", (), {"total": self.totals[handle] << 20})()
+
+
+@pytest.mark.parametrize(
+    ("visible", "expected"),
+    [
+        (None, {"cuda:0": 81559, "cuda:1": 24576, "cuda:2": 40960}),
+        # CUDA numbers only the visible GPUs, in the order given; NVML counts them all.
+        ("2,0", {"cuda:0": 40960, "cuda:1": 81559}),
+        ("GPU-b", {"cuda:0": 24576}),
+        ("MIG-a/1/0", {}),  # a MIG slice: NVML's whole-GPU figure would be wrong
+    ],
+)
+def test_gpu_memory_is_read_from_the_device_cuda_sees(
+    monkeypatch: pytest.MonkeyPatch, visible: str | None, expected: dict[str, int]
+) -> None:
+    import sys
+
+    import duplex.devices as devices
+
+    nvml = _FakeNvml({"GPU-a": 81559, "GPU-b": 24576, "GPU-c": 40960})
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.setattr(devices, "cuda_device_count", lambda: len(expected) or 1)
+    assert devices.gpu_memory_mib() == expected
+    assert nvml.open == 0  # shut down again
+
+
+def test_gpu_memory_is_unknown_without_a_gpu_or_nvml(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sys
+
+    import duplex.devices as devices
+
+    nvml = _FakeNvml({"GPU-a": 81559})
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.setattr(devices, "cuda_device_count", lambda: 0)
+    assert devices.gpu_memory_mib() == {}  # no GPU for CUDA: NVML is not even asked
+    assert nvml.open == 0
+    monkeypatch.setattr(devices, "cuda_device_count", lambda: 1)
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml({"GPU-a": 1}, fail_init=True))
+    caplog.set_level(logging.WARNING, "duplex.devices")
+    assert devices.gpu_memory_mib() == {}
+    assert "NVML did not start: Driver Not Loaded" in caplog.text
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed: the import fails
+    assert devices.gpu_memory_mib() == {}
+    assert "NVML is missing" in caplog.text

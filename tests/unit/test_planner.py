@@ -324,6 +324,41 @@ def test_a_gpu_model_gets_a_gpu_pod_and_cpu_models_stay_off_it() -> None:
     assert GPU.resources == {"limits": {"memory": "8Gi"}}  # the pool's config is not mutated
 
 
+@pytest.mark.parametrize(
+    ("gpu_memory", "placed_on"),
+    [
+        # Unknown yet (no record, or a worker without NVML): the pool's 8000 MiB are assumed,
+        # which the second model does not fit beside the first; the pool is at its maximum.
+        (None, None),
+        ({}, None),
+        # Read from the device: an 80 GiB GPU holds both, less the reserve for CUDA itself.
+        ({"cuda:0": 81559}, "duplex-worker-gpu-0"),
+        # A small GPU holds less than the pool assumes: 6000 - 1024 cannot take 3000 more.
+        ({"cuda:0": 6000}, None),
+        ({"cuda:0": "lots"}, None),  # a malformed record is no size at all
+    ],
+)
+def test_gpu_pods_hold_what_their_gpu_holds(
+    gpu_memory: dict[str, object] | None, placed_on: str | None
+) -> None:
+    first = tts_model("first-gpu", memory_mib=3000, gpu=True)
+    second = tts_model("second-gpu", memory_mib=6000, gpu=True, min_resident=1)
+    if gpu_memory == {"cuda:0": 6000}:
+        second = replace(second, memory_mib=2000)
+    pods = [worker("duplex-worker-gpu-0", first, pool="gpu")]
+    records = []
+    if gpu_memory is not None:
+        records.append(replace(record("duplex-worker-gpu-0"), gpu_memory_mib=gpu_memory))
+    plan = planner(CPU, GPU).plan(world([first, second], pods=pods, records=records))
+    if placed_on is None:
+        assert plan.patch_pods == {} and plan.create_pods == []
+        ready = cond(plan.model_status["second-gpu"], "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "NoCapacity")
+    else:
+        meta = plan.patch_pods[placed_on]["metadata"]
+        assert meta["annotations"][MODEL_SET] == "first-gpu,second-gpu"
+
+
 def test_the_tightest_fitting_pod_gets_the_model() -> None:
     roomy, snug = tts_model("roomy", memory_mib=20), tts_model("snug", memory_mib=60)
     new = tts_model("new", memory_mib=30, min_resident=1, created=NOW - 5)

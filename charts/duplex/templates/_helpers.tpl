@@ -28,6 +28,12 @@ helm.sh/chart: {{ include "duplex.chart" .root }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{/* The image of GPU pools: the Dockerfile's gpu target, tagged "<tag>-gpu" unless gpuTag says. */}}
+{{- define "duplex.gpuImage" -}}
+{{- $tag := default (printf "%s-gpu" (default .Chart.AppVersion .Values.image.tag)) .Values.image.gpuTag -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+
 {{- define "duplex.operatorName" -}}
 {{- include "duplex.fullname" . }}-operator
 {{- end -}}
@@ -168,7 +174,7 @@ out of a pool's values are left out here too, so the operator's own defaults app
 */}}
 {{- define "duplex.operatorPools" -}}
 {{- $root := . -}}
-{{- $keys := dict "gpu" "gpu" "minPods" "min_pods" "maxPods" "max_pods" "memoryMiB" "memory_mib" "maxSessions" "max_sessions" "maxSessionsPerPod" "max_sessions_per_pod" "scaleDownSeconds" "scale_down_seconds" "port" "port" "metricsPort" "metrics_port" "healthPort" "health_port" "resources" "resources" "nodeSelector" "node_selector" "tolerations" "tolerations" "env" "env" "args" "args" -}}
+{{- $keys := dict "gpu" "gpu" "minPods" "min_pods" "maxPods" "max_pods" "memoryMiB" "memory_mib" "gpuReserveMiB" "gpu_reserve_mib" "maxSessions" "max_sessions" "maxSessionsPerPod" "max_sessions_per_pod" "scaleDownSeconds" "scale_down_seconds" "port" "port" "metricsPort" "metrics_port" "healthPort" "health_port" "resources" "resources" "nodeSelector" "node_selector" "tolerations" "tolerations" "env" "env" "args" "args" -}}
 {{- $pools := list -}}
 {{- range $name, $values := .Values.workerPools -}}
 {{- if and $values (ternary $values.enabled true (hasKey $values "enabled")) -}}
@@ -191,7 +197,8 @@ rather than the operator's start. */ -}}
 {{- if eq $root.Values.logFormat "json" -}}
 {{- $_ := set $pool "env" (append (deepCopy ($values.env | default list)) (dict "name" "DUPLEX_LOG_FORMAT" "value" "json")) -}}
 {{- end -}}
-{{- $_ := set $pool "image" (default (include "duplex.image" $root) $values.image) -}}
+{{- $image := ternary (include "duplex.gpuImage" $root) (include "duplex.image" $root) (and (hasKey $values "gpu") (eq (toString $values.gpu) "true")) -}}
+{{- $_ := set $pool "image" (default $image $values.image) -}}
 {{- $_ := set $pool "image_pull_policy" (default $root.Values.image.pullPolicy $values.imagePullPolicy) -}}
 {{- $_ := set $pool "service_account_name" (default (include "duplex.workerServiceAccount" $root) $values.serviceAccountName) -}}
 {{- $_ := set $pool "labels" (merge (dict "app.kubernetes.io/instance" $root.Release.Name) (deepCopy ($values.labels | default dict))) -}}

@@ -29,6 +29,10 @@ class ManagerConfig(BaseModel):
     # Where models run unless their catalog entry says: auto (a CUDA GPU when there is one),
     # cpu, cuda or cuda:N.
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$")
+    # Threads that run synthesis, per device (a pool each, so that a busy GPU never waits
+    # behind CPU models, nor they behind it). Unset: the CPU's cores + 4, and 32 per GPU, where
+    # many sessions' inference calls overlap.
+    synthesis_threads: int | None = Field(None, ge=1, le=256)
 
 
 class WorkerConfig(ManagerConfig):

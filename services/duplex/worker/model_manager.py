@@ -9,7 +9,9 @@ operator) decides placement.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ import numpy as np
 
 from duplex.audio.framer import to_float32
 from duplex.audio.loudness import calibrate_gain
+from duplex.devices import Device
 from duplex.errors import AtCapacity, DuplexError, ModelInUse, ModelLoadFailed, ModelNotPlaced
 from duplex.tasks import TaskSet
 from duplex.worker.adapters import ModelSpec, TtsAdapter, adapter_for, device_for
@@ -102,6 +105,7 @@ class ModelManager:
         self._desired: set[str] | None = None
         self._reserved = 0  # loads past _make_room, not yet resident
         self.last_error: dict[str, str] = {}
+        self._executors: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -129,6 +133,21 @@ class ModelManager:
             model.retired = True
             await asyncio.to_thread(model.adapter.close)
         self._resident.clear()
+        for executor in self._executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
+        self._executors.clear()
+
+    def executor(self, device: Device) -> concurrent.futures.ThreadPoolExecutor:
+        """The threads that run synthesis on `device`, one pool per device."""
+        key = str(device)
+        pool = self._executors.get(key)
+        if pool is None:
+            threads = self.config.synthesis_threads or (
+                32 if device.is_gpu else (os.cpu_count() or 1) + 4
+            )
+            pool = concurrent.futures.ThreadPoolExecutor(threads, f"synth-{key}")
+            self._executors[key] = pool
+        return pool
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """`callback()` runs whenever the resident or loading set changes."""

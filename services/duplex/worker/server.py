@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from duplex import __version__
+from duplex.devices import gpu_memory_mib
 from duplex.discovery import WorkerRecord
 from duplex.errors import InvalidInput
 from duplex.kube import KubeClient
@@ -49,6 +50,8 @@ class Worker:
         self.model_set: PodModelSet | None = None
         self.port = config.port
         self.started_at = time.time()
+        # Read once: the operator packs GPU models into it (empty without a GPU).
+        self.gpu_memory_mib = gpu_memory_mib()
 
     @property
     def address(self) -> str:
@@ -142,6 +145,7 @@ class Worker:
             loading_models=self.manager.loading_ids(),
             model_last_used=self.manager.last_used(),
             model_devices=self.manager.devices(),
+            gpu_memory_mib=dict(self.gpu_memory_mib),
             model_errors=dict(self.manager.last_error),
             model_set=self.model_set.applied_ids if self.model_set is not None else None,
             active_sessions=len(self.servicer.sessions),

@@ -247,9 +247,11 @@ class SynthesisSession:
 
         started = time.monotonic()
         produced = 0
+        loop = asyncio.get_running_loop()
+        threads = self._manager.executor(adapter.device)
         while True:
             try:
-                chunk = await asyncio.to_thread(next_chunk)
+                chunk = await loop.run_in_executor(threads, next_chunk)
             except Exception as exc:  # boundary: the model's inference failed on this text
                 raise SynthesisFailed(
                     f"model {model.model_id!r} failed on {text[:40]!r}: {exc}"

@@ -51,12 +51,19 @@ class ModelSpec:
         return voice
 
 
+# espeak-ng keeps one global state per process, whichever family calls it: phonemisation
+# takes this lock, and only phonemisation, so that inference itself runs in parallel.
+PHONEMIZER_LOCK = threading.Lock()
+
+
 class TtsAdapter(ABC):
     """A loaded TTS model. Implement `load` and `synthesize`; the worker owns the rest.
 
     Both methods block (they run model inference) and are called from worker threads, never
     on the event loop. The worker serialises calls into one adapter with `lock` unless the
-    family sets `thread_safe`, because phonemisers such as espeak-ng keep global state.
+    family sets `thread_safe`: a family whose engine is not safe to call from several threads
+    at once leaves it unset; one that takes `PHONEMIZER_LOCK` around its phonemiser and runs an
+    onnxruntime session (whose `run` is thread-safe) sets it, so sessions overlap on a GPU.
     """
 
     family: ClassVar[str]

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from duplex.errors import ModelLoadFailed
-from duplex.worker.adapters.base import NativeAudio, TtsAdapter, require
+from duplex.worker.adapters.base import PHONEMIZER_LOCK, NativeAudio, TtsAdapter, require
 from duplex.worker.adapters.piper import onnx_session
 
 
 class KokoroAdapter(TtsAdapter):
     family = "kokoro"
     gpu_engine = "onnxruntime"
+    thread_safe = True  # espeak-ng under PHONEMIZER_LOCK; the model's session runs in parallel
 
     _kokoro: Any = None
 
@@ -56,8 +57,16 @@ class KokoroAdapter(TtsAdapter):
 
     def synthesize(self, text: str, voice: str | None, speed: float) -> Iterator[NativeAudio]:
         lang = self.spec.options.get("lang", "en-us")
-        audio, _rate = self._kokoro.create(
-            text, voice=voice or "jf_alpha", speed=speed, lang=lang, sentence_pause=0.0
+        kokoro = self._kokoro
+        with PHONEMIZER_LOCK:
+            phonemes = kokoro.tokenizer.phonemize(text, lang)
+        audio, _rate = kokoro.create(
+            phonemes,
+            voice=voice or "jf_alpha",
+            speed=speed,
+            lang=lang,
+            is_phonemes=True,
+            sentence_pause=0.0,
         )
         yield audio
 

@@ -7,9 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from duplex.devices import Device, check_onnx_session, onnx_providers
 from duplex.errors import ModelLoadFailed
-from duplex.worker.adapters.base import NativeAudio, TtsAdapter, require
+from duplex.worker.adapters.base import PHONEMIZER_LOCK, NativeAudio, TtsAdapter, require
 
 
 def onnx_session(model: Path, threads: int, device: Device, what: str) -> Any:
@@ -27,6 +29,7 @@ def onnx_session(model: Path, threads: int, device: Device, what: str) -> Any:
 class PiperAdapter(TtsAdapter):
     family = "piper"
     gpu_engine = "onnxruntime"
+    thread_safe = True  # espeak-ng under PHONEMIZER_LOCK; the VITS session runs in parallel
 
     _voice: Any = None
     _rate = 22050
@@ -72,8 +75,23 @@ class PiperAdapter(TtsAdapter):
         syn = SynthesisConfig(
             speaker_id=speakers.get(voice) if voice else None, length_scale=1.0 / speed
         )
-        for chunk in self._voice.synthesize(text, syn_config=syn):
-            yield chunk.audio_float_array
+        piper = self._voice
+        with PHONEMIZER_LOCK:
+            sentences = piper.phonemize(text)
+        # One chunk per sentence, as PiperVoice.synthesize makes them (peak-normalised and
+        # clipped), with only the phonemiser serialised.
+        for phonemes in sentences:
+            if not phonemes:
+                continue
+            audio = piper.phoneme_ids_to_audio(piper.phonemes_to_ids(phonemes), syn)
+            if isinstance(audio, tuple):  # audio with alignments
+                audio = audio[0]
+            peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+            if syn.normalize_audio:
+                audio = audio / peak if peak >= 1e-8 else np.zeros_like(audio)
+            if syn.volume != 1.0:
+                audio = audio * syn.volume
+            yield np.clip(audio, -1.0, 1.0).astype(np.float32)
 
     def voices(self) -> tuple[str, ...]:
         return tuple(self._voice.config.speaker_id_map or ()) if self._voice else ()
