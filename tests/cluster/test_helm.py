@@ -6,8 +6,9 @@ model made resident, a spoken conversation through the orchestrator's Service (o
 worker), a worker Pod deleted and recreated, TTL eviction held off by a VoiceSession, an
 upgrade that keeps every generated secret, and the uninstall.
 
-This cluster's network plugin (bridge) does not enforce NetworkPolicies: the API server takes
-them here, but that only the orchestrator reaches a worker cannot be observed.
+The cluster enforces NetworkPolicies (kube-network-policies, as in kind): a Pod of no
+component of the release reaches the orchestrator's page and nothing else of it, while every
+flow the release needs goes on working in the other tests.
 """
 
 from __future__ import annotations
@@ -241,7 +242,7 @@ def test_the_workers_account_reads_worker_pods_alone_and_policies_are_in_place(
     assert not can(cluster, account, "list", "pods")
     assert not can(cluster, account, "get", "secrets")
     assert not can(cluster, account, "get", f"pod/{worker}", namespace="default")
-    # The API server took the policies; this cluster's bridge plugin does not enforce them.
+    # What they let through, and what not: test_other_pods_reach_the_page_and_nothing_else.
     policies = cluster.get(NAMESPACE, "networkpolicies")["items"]
     assert sorted(p["metadata"]["name"] for p in policies) == [
         f"{RELEASE}-{name}" for name in ("operator", "orchestrator", "redis", "worker")
@@ -295,6 +296,68 @@ async def test_spoken_question_gets_a_spoken_reply(
         result.reply(),
         heard,
     )
+
+
+# Run in a Pod of no component of the release: which of its ports can a stranger connect to?
+PROBE = """
+import json, socket, sys
+result = {}
+for name, host, port in json.loads(sys.argv[1]):
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+        result[name] = "connected"
+    except OSError as exc:
+        result[name] = type(exc).__name__
+print(json.dumps(result))
+"""
+
+
+def test_other_pods_reach_the_page_and_nothing_else(
+    cluster: Cluster, release: str, images: Images
+) -> None:
+    [worker] = workers(cluster)
+    targets = [
+        ("orchestrator", f"{RELEASE}-orchestrator", 8080),
+        ("redis", f"{RELEASE}-redis", 6379),
+        ("worker", worker["status"]["podIP"], 50051),
+    ]
+    restricted = {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    stranger = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "stranger", "namespace": NAMESPACE, "labels": {"app": "stranger"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "probe",
+                    "image": images.duplex,
+                    "imagePullPolicy": "Never",
+                    "command": ["python", "-c", PROBE, json.dumps(targets)],
+                    "securityContext": restricted,
+                }
+            ],
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(stranger))
+    try:
+        until(
+            lambda: pod(cluster, "stranger")["status"].get("phase") in ("Succeeded", "Failed"),
+            "the probe Pod to finish",
+            120,
+        )
+        logs = cluster.kubectl("-n", NAMESPACE, "logs", "stranger")
+    finally:
+        cluster.kubectl("-n", NAMESPACE, "delete", "pod", "stranger", "--wait=false")
+    result = json.loads(logs.strip().splitlines()[-1])
+    # The page is open to anyone (it asks for a key itself); Redis and the workers' gRPC are
+    # dropped for a Pod that is not the operator, an orchestrator or a worker of the release.
+    assert result == {"orchestrator": "connected", "redis": "TimeoutError", "worker": "TimeoutError"}
 
 
 async def test_deleted_worker_pod_is_recreated_and_the_model_resident_again(
