@@ -145,6 +145,11 @@ class OperatorConfig(BaseModel):
     worker_redis: str | None = None
     worker_redis_password: SecretKey | None = None
     worker_redis_url: SecretKey | None = None
+    # A Secret with the CA (ca.crt) of an external Redis's TLS certificate, mounted in worker
+    # Pods at REDIS_CA_DIR for the URL to name (rediss://...?ssl_ca_certs=/etc/redis-ca/ca.crt).
+    worker_redis_ca_secret: str | None = Field(
+        None, pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+    )
     # Workers serve mutual TLS (None: plain text), and their admin RPCs need the token in this
     # Secret (DUPLEX_ADMIN_TOKENS; None: only callers on the worker's own machine).
     worker_tls: WorkerTls | None = None

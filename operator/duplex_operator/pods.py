@@ -22,6 +22,8 @@ from duplex_operator.resources import (
 )
 
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+# Where a Redis CA (OperatorConfig.worker_redis_ca_secret) is mounted, as in the chart's Pods.
+REDIS_CA_DIR = "/etc/redis-ca"
 
 # Worker Pods meet the `restricted` Pod Security Standard: the image's user is non-root and
 # numeric (so the kubelet can check it), no privilege or capability is kept, and the root file
@@ -142,6 +144,11 @@ def worker_pod(
     ]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    if config.worker_redis_ca_secret is not None:
+        mounts.append({"name": "redis-ca", "mountPath": REDIS_CA_DIR, "readOnly": True})
+        volumes.append(
+            {"name": "redis-ca", "secret": {"secretName": config.worker_redis_ca_secret}}
+        )
     probe_port = pool.port
     tls = config.worker_tls
     if tls is not None:

@@ -357,7 +357,11 @@ def test_other_pods_reach_the_page_and_nothing_else(
     result = json.loads(logs.strip().splitlines()[-1])
     # The page is open to anyone (it asks for a key itself); Redis and the workers' gRPC are
     # dropped for a Pod that is not the operator, an orchestrator or a worker of the release.
-    assert result == {"orchestrator": "connected", "redis": "TimeoutError", "worker": "TimeoutError"}
+    assert result == {
+        "orchestrator": "connected",
+        "redis": "TimeoutError",
+        "worker": "TimeoutError",
+    }
 
 
 async def test_deleted_worker_pod_is_recreated_and_the_model_resident_again(

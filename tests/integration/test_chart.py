@@ -68,7 +68,11 @@ VALUE_SETS: dict[str, list[str]] = {
         "orchestrator.config.default_model=kokoro-ja",
     ],
     "external-redis": ["redis.enabled=false", "redis.url=redis://redis.infra:6379/2"],
-    "external-redis-secret": ["redis.enabled=false", "redis.existingSecret=infra-redis"],
+    "external-redis-secret": [
+        "redis.enabled=false",
+        "redis.existingSecret=infra-redis",
+        "redis.caSecret=infra-redis-ca",
+    ],
     "tls-and-policies-off": ["tls.enabled=false", "networkPolicy.enabled=false"],
 }
 
@@ -505,6 +509,35 @@ def test_external_redis_with_a_password_comes_from_its_secret(helm: Path, tmp_pa
     main = container(find(objects, "Deployment", f"{RELEASE}-orchestrator"))
     assert pod_env(main, "voice", secrets_of(objects, given))["DUPLEX_REDIS"] == url
     assert "s3cret" not in yaml.safe_dump_all(objects) + json.dumps(pod)
+
+
+def test_a_private_redis_ca_reaches_every_client_of_redis(helm: Path, tmp_path: Path) -> None:
+    values = ["redis.enabled=false", "redis.existingSecret=infra-redis", "redis.caSecret=infra-ca"]
+    objects = render(helm, "voice", values)
+    config = operator_config(objects, "voice", tmp_path, {"infra-redis": {"url": "rediss://r"}})
+    worker = worker_pod(config, config.pools[0], f"{RELEASE}-worker-cpu-0", [], {})
+    specs = {
+        "operator": find(objects, "Deployment", f"{RELEASE}-operator")["spec"]["template"]["spec"],
+        "orchestrator": find(objects, "Deployment", f"{RELEASE}-orchestrator")["spec"]["template"][
+            "spec"
+        ],
+        "worker": worker["spec"],
+    }
+    for who, spec in specs.items():
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["redis-ca"]["secret"] == {"secretName": "infra-ca"}, who
+        [main] = spec["containers"]
+        mounts = {m["name"]: m for m in main["volumeMounts"]}
+        assert mounts["redis-ca"] == {
+            "name": "redis-ca",
+            "mountPath": "/etc/redis-ca",
+            "readOnly": True,
+        }, who
+    # Without one, nothing is mounted.
+    objects = render(helm, "voice", values[:2])
+    config = operator_config(objects, "voice", tmp_path, {"infra-redis": {"url": "rediss://r"}})
+    worker = worker_pod(config, config.pools[0], f"{RELEASE}-worker-cpu-0", [], {})
+    assert "redis-ca" not in {v["name"] for v in worker["spec"]["volumes"]}
 
 
 def test_worker_image_override_reaches_the_operator_environment(helm: Path) -> None:
