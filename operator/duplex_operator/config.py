@@ -50,7 +50,12 @@ class WorkerPool(BaseModel):
     resources: dict[str, Any] = {}
     node_selector: dict[str, str] = {}
     tolerations: list[dict[str, Any]] = []
+    # None: each worker Pod gets an account of its own (a ServiceAccount, Role and RoleBinding
+    # named after the Pod and deleted with it) that may read that one Pod and nothing else.
+    # A name: every Pod of the pool runs as that account, whose rights are its owner's to give.
     service_account_name: str | None = None
+    # Secrets for pulling the pool's image, named in each worker Pod.
+    image_pull_secrets: list[str] = []
     env: list[dict[str, Any]] = []
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}

@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -51,13 +52,15 @@ class DevKubelet:
         self,
         client: KubeClient,
         namespace: str,
-        kubeconfig: Path,
+        kubeconfig: Path | Callable[[str], Awaitable[Path]],
         log_dir: Path,
         *,
         env: dict[str, str] | None = None,
     ) -> None:
         self.client = client
         self.namespace = namespace
+        # Every worker's credentials, or where each Pod's ServiceAccount gets its own (as a
+        # kubelet mounts a token of the Pod's account): called with the account's name.
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
         self.env = env or {}
@@ -132,7 +135,7 @@ class DevKubelet:
             "--pod-namespace",
             self.namespace,
             "--kubeconfig",
-            str(self.kubeconfig),
+            str(await self._kubeconfig_of(pod)),
         ]
         fields = {
             "metadata.name": name,
@@ -173,6 +176,11 @@ class DevKubelet:
         }
         with contextlib.suppress(KubeApiError):
             await self.client.patch(f"{self._pods_path}/{name}/status", status)
+
+    async def _kubeconfig_of(self, pod: dict[str, Any]) -> Path:
+        if isinstance(self.kubeconfig, Path):
+            return self.kubeconfig
+        return await self.kubeconfig(pod["spec"].get("serviceAccountName") or "default")
 
     async def _secret(self, name: str) -> dict[str, bytes]:
         secret = await self.client.get(f"/api/v1/namespaces/{self.namespace}/secrets/{name}")

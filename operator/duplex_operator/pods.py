@@ -195,8 +195,9 @@ def worker_pod(
         "containers": [container],
         "volumes": volumes,
     }
-    if pool.service_account_name:
-        spec["serviceAccountName"] = pool.service_account_name
+    spec["serviceAccountName"] = pool.service_account_name or name
+    if pool.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": secret} for secret in pool.image_pull_secrets]
     if pool.node_selector:
         spec["nodeSelector"] = dict(pool.node_selector)
     if tolerations:
@@ -210,3 +211,59 @@ def worker_pod(
     if owners:
         metadata["ownerReferences"] = owners
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+
+
+def own_account(pod: dict[str, Any]) -> bool:
+    """Whether `pod` runs as an account of its own (see `worker_account`)."""
+    return bool(pod["spec"].get("serviceAccountName") == pod["metadata"]["name"])
+
+
+def worker_account(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """A worker Pod's own account: a ServiceAccount, and a Role and RoleBinding that let it
+    get and watch its Pod alone (its model set is an annotation there), all named after the
+    Pod. The ServiceAccount must exist before the Pod; the owner reference to the Pod, which
+    deletes all three with it, is added once the Pod exists (`owned_by`)."""
+    meta = pod["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    common = {"name": name, "namespace": namespace, "labels": dict(meta["labels"])}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": dict(common),
+            "automountServiceAccountToken": True,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": dict(common),
+            # The worker's watch names its Pod with a metadata.name field selector, which the
+            # API server checks against resourceNames for list and watch too.
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods"],
+                    "resourceNames": [name],
+                    "verbs": ["get", "list", "watch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": dict(common),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+    ]
+
+
+def owned_by(pod: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch that makes an object the Pod's (deleted with it by the garbage collector)."""
+    reference = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": pod["metadata"]["name"],
+        "uid": pod["metadata"]["uid"],
+    }
+    return {"metadata": {"ownerReferences": [reference]}}

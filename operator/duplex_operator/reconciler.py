@@ -29,6 +29,7 @@ from duplex.kube import KubeApiError, KubeClient, sleep_backoff
 from duplex_operator.config import OperatorConfig, redacted
 from duplex_operator.metrics import OperatorMetrics
 from duplex_operator.planner import Event, Plan, Planner, World
+from duplex_operator.pods import own_account, owned_by, worker_account
 from duplex_operator.resources import (
     API_VERSION,
     POOL_LABEL,
@@ -228,7 +229,7 @@ class Reconciler:
         for pod in plan.create_pods:
             meta = pod["metadata"]
             name, pool = meta["name"], meta["labels"][POOL_LABEL]
-            error = await self._write(self.client.create(self._pods_path, pod), conflict_ok=True)
+            error = await self._create_pod(pod)
             if error is None:
                 log.info("created worker pod %s", name)
                 self.planner.pod_created(pool)
@@ -255,6 +256,42 @@ class Reconciler:
         for event in plan.events:
             await self.post_event(event)
         return refused
+
+    async def _create_pod(self, pod: dict[str, Any]) -> KubeApiError | None:
+        """Create a worker Pod, and first its own account when it runs as one: the account's
+        ServiceAccount must exist for the Pod to be admitted; its Role and RoleBinding, and the
+        owner reference that deletes all three with the Pod, follow once the Pod exists."""
+        if not own_account(pod):
+            return await self._write(self.client.create(self._pods_path, pod), conflict_ok=True)
+        account, role, binding = worker_account(pod)
+        name = pod["metadata"]["name"]
+        accounts = f"/api/v1/namespaces/{self._ns}/serviceaccounts"
+        rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{self._ns}"
+        error = await self._write(self.client.create(accounts, account), conflict_ok=True)
+        if error is not None:
+            return error
+        if not self._may_write():
+            raise LeadershipLost("leadership lost during a pass")
+        try:
+            created = await self.client.create(self._pods_path, pod)
+        except KubeApiError as exc:
+            if exc.status != 409:
+                return exc
+            created = await self.client.get(f"{self._pods_path}/{name}")
+        owner = owned_by(created)
+        for path, body in ((f"{rbac}/roles", role), (f"{rbac}/rolebindings", binding)):
+            body = {**body, "metadata": {**body["metadata"], **owner["metadata"]}}
+            try:
+                await self.client.create(path, body)
+            except KubeApiError as exc:
+                if exc.status != 409:
+                    return exc
+                # Left by an earlier Pod of that name whose creation stopped half way: taken
+                # over by this one.
+                error = await self._write(self.client.patch(f"{path}/{name}", owner))
+                if error is not None:
+                    return error
+        return await self._write(self.client.patch(f"{accounts}/{name}", owner))
 
     async def _write(
         self, call: Awaitable[dict[str, Any]], *, conflict_ok: bool = False

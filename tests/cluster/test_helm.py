@@ -227,7 +227,7 @@ async def test_workers_serve_mutual_tls_and_admin_rpcs_to_the_token_holder(
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_the_workers_account_reads_worker_pods_alone_and_policies_are_in_place(
+def test_each_worker_reads_its_own_pod_alone_and_policies_are_in_place(
     cluster: Cluster, release: str
 ) -> None:
     [worker] = [p["metadata"]["name"] for p in workers(cluster)]
@@ -235,9 +235,13 @@ def test_the_workers_account_reads_worker_pods_alone_and_policies_are_in_place(
         p["metadata"]["name"]
         for p in cluster.pods(NAMESPACE, "app.kubernetes.io/component=orchestrator")
     ]
-    account = f"{RELEASE}-worker"
+    # The worker runs as an account of its own, named after its Pod, which may read that Pod.
+    account = worker
+    assert pod(cluster, worker)["spec"]["serviceAccountName"] == account
     assert can(cluster, account, "get", f"pod/{worker}")
     assert can(cluster, account, "watch", f"pod/{worker}")
+    sibling = worker.rsplit("-", 1)[0] + "-" + str(int(worker.rsplit("-", 1)[1]) + 1)
+    assert not can(cluster, account, "get", f"pod/{sibling}")
     assert not can(cluster, account, "get", f"pod/{orchestrator}")
     assert not can(cluster, account, "list", "pods")
     assert not can(cluster, account, "get", "secrets")
@@ -513,5 +517,15 @@ def test_uninstall_leaves_no_worker_pods(cluster: Cluster, release: str) -> None
     assert cluster.pods(NAMESPACE, WORKERS)
     cluster.helm("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout", "5m")
     assert cluster.pods(NAMESPACE, WORKERS) == []
+    # The workers' own accounts went with their Pods (the garbage collector's work).
+    until(
+        lambda: (
+            not cluster.get(NAMESPACE, "serviceaccounts,roles,rolebindings", selector=WORKERS)[
+                "items"
+            ]
+        ),
+        "the worker Pods' accounts to be collected",
+        60,
+    )
     # The models are the user's: they stay for the next install.
     assert ttsmodel(cluster, "piper-joe")["spec"]["modelId"] == "piper-joe"

@@ -42,7 +42,7 @@ from duplex.rpc.security import ClientTls
 from duplex_operator.config import GPU_RESOURCE, OperatorConfig, SecretKey
 from duplex_operator.devcluster import KubeApiServer, locate_binaries
 from duplex_operator.devkubelet import DevKubelet
-from duplex_operator.pods import worker_pod
+from duplex_operator.pods import own_account, worker_account, worker_pod
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "duplex"
@@ -294,6 +294,10 @@ def test_operator_rbac_is_least_privilege(helm: Path) -> None:
         ("duplex.dev", "ttsmodels/status", ("get", "patch", "update")),
         ("duplex.dev", "voicesessions/status", ("get", "patch", "update")),
         ("", "pods", ("get", "list", "watch", "create", "patch", "delete")),
+        # Each worker Pod's own account (never deleted by the operator: it goes with its Pod).
+        ("", "serviceaccounts", ("create", "patch")),
+        ("rbac.authorization.k8s.io", "roles", ("create", "patch")),
+        ("rbac.authorization.k8s.io", "rolebindings", ("create", "patch")),
         ("", "events", ("create", "patch")),
         ("events.k8s.io", "events", ("create", "patch")),
         ("coordination.k8s.io", "leases", ("get", "create", "update")),
@@ -313,31 +317,48 @@ def test_operator_rbac_is_least_privilege(helm: Path) -> None:
         assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
 
 
-def test_workers_run_as_an_account_that_can_read_the_worker_pods_alone(
-    helm: Path, tmp_path: Path
-) -> None:
-    for values in ([], ["workerPools.gpu.enabled=true", "workerPools.cpu.maxPods=5"]):
-        objects = render(helm, "voice", values)
-        config = operator_config(objects, "voice", tmp_path)
-        accounts = {p.service_account_name for p in config.pools}
-        assert accounts == {f"{RELEASE}-worker"}
-        find(objects, "ServiceAccount", f"{RELEASE}-worker")
-        role = find(objects, "Role", f"{RELEASE}-worker")
-        names = [n for pool in config.pools for n in config.worker_pod_names(pool)]
-        assert len(names) == sum(2 * p.max_pods for p in config.pools)
+def test_each_worker_pod_runs_as_an_account_of_its_own(helm: Path, tmp_path: Path) -> None:
+    values = ["workerPools.gpu.enabled=true", "imagePullSecrets[0].name=registry"]
+    objects = render(helm, "voice", values)
+    config = operator_config(objects, "voice", tmp_path)
+    # No account shared by the workers: the operator makes one per Pod.
+    accounts = {"ServiceAccount", "Role", "RoleBinding"}
+    assert not [o for o in objects if o["kind"] in accounts and "worker" in o["metadata"]["name"]]
+    for pool in config.pools:
+        name = config.worker_pod_names(pool)[0]
+        pod = worker_pod(config, pool, name, [], {})
+        assert pod["spec"]["serviceAccountName"] == name
+        assert pod["spec"]["imagePullSecrets"] == [{"name": "registry"}]
+        account, role, binding = worker_account(pod)
+        assert (account["kind"], account["metadata"]["name"]) == ("ServiceAccount", name)
         assert role["rules"] == [
             {
                 "apiGroups": [""],
                 "resources": ["pods"],
-                "resourceNames": names,
+                "resourceNames": [name],
                 "verbs": ["get", "list", "watch"],
             }
         ]
-        binding = find(objects, "RoleBinding", f"{RELEASE}-worker")
-        assert binding["subjects"][0]["name"] == f"{RELEASE}-worker"
-    # No pool, no name: an empty resourceNames would grant every Pod instead.
-    objects = render(helm, "voice", ["workerPools.cpu.enabled=false"])
-    assert find(objects, "Role", f"{RELEASE}-worker")["rules"] == []
+        assert binding["roleRef"]["name"] == name
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": name, "namespace": "voice"}
+        ]
+    # Which the operator may make, and nothing more about accounts.
+    rules = find(objects, "Role", f"{RELEASE}-operator")["rules"]
+    granted = {
+        (group, resource): set(rule["verbs"])
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert granted[("", "serviceaccounts")] == {"create", "patch"}
+    assert granted[("rbac.authorization.k8s.io", "roles")] == {"create", "patch"}
+    assert granted[("rbac.authorization.k8s.io", "rolebindings")] == {"create", "patch"}
+    # A pool that names an account runs as it, and gets none made.
+    objects = render(helm, "voice", ["workerPools.cpu.serviceAccountName=workers"])
+    [pool] = operator_config(objects, "voice", tmp_path).pools
+    pod = worker_pod(config, pool, "w-0", [], {})
+    assert pod["spec"]["serviceAccountName"] == "workers" and not own_account(pod)
 
 
 def test_orchestrator_command_line_service_and_probes(helm: Path, tmp_path: Path) -> None:
@@ -646,7 +667,7 @@ async def test_worker_pods_of_both_pools_pass_a_server_dry_run(
         for pool in config.pools
     ]
     cpu, gpu = await assert_accepted(kube_apiserver, pods, kube_namespace)
-    assert cpu["spec"]["serviceAccountName"] == f"{RELEASE}-worker"
+    assert cpu["spec"]["serviceAccountName"] == cpu["metadata"]["name"]
     [gpu_container] = gpu["spec"]["containers"]
     assert gpu_container["resources"]["limits"][GPU_RESOURCE] == "1"
     assert gpu["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
@@ -998,7 +1019,7 @@ async def test_operator_and_worker_need_no_more_than_the_charts_rbac(
     rbac = [o for o in objects if o["kind"] in {"ServiceAccount", "Role", "RoleBinding"}]
     config = operator_config(objects, ns, tmp_path, given)
     [pool] = config.pools
-    assert pool.service_account_name is not None
+    assert pool.service_account_name is None  # each worker Pod gets an account of its own
     main = container(find(objects, "Deployment", f"{RELEASE}-operator"))
     opts = build_parser().parse_args(main["args"])
     config_path = config_file(
@@ -1027,21 +1048,20 @@ async def test_operator_and_worker_need_no_more_than_the_charts_rbac(
         )
         await admin.create_object(find(objects, "Secret", f"{RELEASE}-worker-admin"), namespace=ns)
         await make_certificates(admin, kube_apiserver, objects, ns, tmp_path / "certificates")
-        tokens = {
-            role: await service_account_token(admin, ns, account)
-            for role, account in (
-                ("operator", f"{RELEASE}-operator"),
-                ("worker", pool.service_account_name),
-            )
-        }
-        kubeconfigs = {
-            role: token_kubeconfig(kube_apiserver, token, tmp_path / f"{role}.kubeconfig")
-            for role, token in tokens.items()
-        }
-        kubelet = DevKubelet(
-            admin, ns, kubeconfigs["worker"], tmp_path / "pods", env={"PYTHONUNBUFFERED": "1"}
+        operator_token = await service_account_token(admin, ns, f"{RELEASE}-operator")
+        operator_kubeconfig = token_kubeconfig(
+            kube_apiserver, operator_token, tmp_path / "operator.kubeconfig"
         )
-        operator = OperatorProcess(args, env, kubeconfigs["operator"], tmp_path / "operator.log")
+
+        async def account_kubeconfig(account: str) -> Path:
+            # What a kubelet mounts into the Pod: a token of the Pod's own account.
+            token = await service_account_token(admin, ns, account)
+            return token_kubeconfig(kube_apiserver, token, tmp_path / f"{account}.kubeconfig")
+
+        kubelet = DevKubelet(
+            admin, ns, account_kubeconfig, tmp_path / "pods", env={"PYTHONUNBUFFERED": "1"}
+        )
+        operator = OperatorProcess(args, env, operator_kubeconfig, tmp_path / "operator.log")
         try:
             await kubelet.start()
             model = {
@@ -1063,6 +1083,19 @@ async def test_operator_and_worker_need_no_more_than_the_charts_rbac(
                 await asyncio.sleep(0.3)
             name = f"{config.worker_prefix}-cpu-0"
             assert kubelet.started == [name]
+            # The worker read its model set as the account the operator made for its Pod alone,
+            # which goes with the Pod.
+            pod = await admin.get(f"/api/v1/namespaces/{ns}/pods/{name}")
+            assert pod["spec"]["serviceAccountName"] == name
+            owner = {"apiVersion": "v1", "kind": "Pod", "name": name}
+            owner["uid"] = pod["metadata"]["uid"]
+            rbac_path = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}"
+            for path in (
+                f"/api/v1/namespaces/{ns}/serviceaccounts/{name}",
+                f"{rbac_path}/roles/{name}",
+                f"{rbac_path}/rolebindings/{name}",
+            ):
+                assert (await admin.get(path))["metadata"]["ownerReferences"] == [owner], path
             assert await asyncio.to_thread(http_status, liveness) == 200
             # The periodic pass alone would get here; kopf's watches had to wake it too, so
             # they started without waiting on a namespace or CRD listing.

@@ -33,7 +33,7 @@ from duplex.worker.config import WorkerConfig
 from duplex.worker.server import Worker
 from duplex_operator.config import OperatorConfig
 from duplex_operator.devcluster import KubeApiServer
-from duplex_operator.pods import worker_pod
+from duplex_operator.pods import worker_account, worker_pod
 from tests.integration.test_chart import (
     CHART,
     RELEASE,
@@ -311,18 +311,16 @@ async def test_a_workers_account_reads_its_own_pod_and_no_other(
     helm: Path, kube_apiserver: KubeApiServer, kube: KubeClient, kube_namespace: str, tmp_path: Path
 ) -> None:
     ns, other_ns = kube_namespace, f"{kube_namespace}-other"
-    objects = render(helm, ns)
-    account = f"{RELEASE}-worker"
-    for obj in objects:
-        if (
-            obj["kind"] in {"ServiceAccount", "Role", "RoleBinding"}
-            and obj["metadata"]["name"] == account
-        ):
-            await kube.create_object(obj, namespace=ns)
+    config = operator_config(render(helm, ns), ns, tmp_path)
+    own, sibling = config.worker_pod_names(config.pools[0])[:2]
+    orchestrator = f"{RELEASE}-orchestrator-5d8f9-x2x4q"
+    # The account the operator makes for a worker Pod of the chart's pool, named after it.
+    account = own
+    for obj in worker_account(worker_pod(config, config.pools[0], own, [], {})):
+        await kube.create_object(obj, namespace=ns)
     await kube.create("/api/v1/namespaces", {"metadata": {"name": other_ns}})
     spec = {"containers": [{"name": "c", "image": "x"}]}
-    own, orchestrator = f"{RELEASE}-worker-cpu-0", f"{RELEASE}-orchestrator-5d8f9-x2x4q"
-    for namespace, name in ((ns, own), (ns, orchestrator), (other_ns, own)):
+    for namespace, name in ((ns, own), (ns, sibling), (ns, orchestrator), (other_ns, own)):
         await kube.create(
             f"/api/v1/namespaces/{namespace}/pods", {"metadata": {"name": name}, "spec": spec}
         )
@@ -347,6 +345,8 @@ async def test_a_workers_account_reads_its_own_pod_and_no_other(
                 assert (event["type"], event["object"]["metadata"]["name"]) == ("ADDED", own)
                 break
         assert await status(worker.get(f"{pods}/{orchestrator}")) == 403
+        assert await status(worker.get(f"{pods}/{sibling}")) == 403  # another worker's Pod
+        assert await status(worker.list(pods, field_selector=f"metadata.name={sibling}")) == 403
         assert await status(worker.list(pods)) == 403
         assert (
             await status(worker.list(pods, field_selector=f"metadata.name={orchestrator}")) == 403

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -160,3 +161,54 @@ async def test_a_kube_worker_lists_its_sessions_for_the_operator(
             assert worker.record().session_ids == []
         finally:
             await client.aclose()
+
+
+async def test_a_worker_waits_for_its_pods_account_to_be_granted(
+    kube: KubeClient,
+    kube_apiserver: KubeApiServer,
+    kube_namespace: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The operator makes a worker Pod's own account before the Pod and grants it its Pod just
+    # after; a worker that asks in between is refused, and asks again.
+    from duplex.worker import podwatch
+    from duplex_operator.pods import worker_account
+    from tests.integration.test_chart import service_account_token, token_kubeconfig
+
+    ns, name = kube_namespace, "w-granted-late"
+    await make_pod(kube, ns, name, "tone")
+    pod = {"metadata": {"name": name, "namespace": ns, "labels": {}}, "spec": {}}
+    account, role, binding = worker_account(pod)
+    for obj in (account, role):
+        await kube.create_object(obj, namespace=ns)
+    token = await service_account_token(kube, ns, name)
+    settings = config(kube_apiserver, ns, name).model_copy(
+        update={"kubeconfig": str(token_kubeconfig(kube_apiserver, token, tmp_path / "kc"))}
+    )
+
+    async def grant_later() -> None:
+        await asyncio.sleep(1.5)
+        await kube.create_object(binding, namespace=ns)
+
+    granting = asyncio.create_task(grant_later())
+    try:
+        async with Worker(settings) as worker:
+            assert granting.done()  # it started only once its account could read the Pod
+            await until(lambda: worker.manager.resident_ids() == ["tone"], "tone resident")
+    finally:
+        granting.cancel()
+    # An account that is never granted fails the start, with the API server's refusal.
+    monkeypatch.setattr(podwatch, "_FORBIDDEN_GRACE_SECONDS", 0.5)
+    other = "w-never-granted"
+    await make_pod(kube, ns, other, "tone")
+    pod = {"metadata": {"name": other, "namespace": ns, "labels": {}}, "spec": {}}
+    await kube.create_object(worker_account(pod)[0], namespace=ns)
+    token = await service_account_token(kube, ns, other)
+    settings = config(kube_apiserver, ns, other).model_copy(
+        update={"kubeconfig": str(token_kubeconfig(kube_apiserver, token, tmp_path / "kc2"))}
+    )
+    with pytest.raises(KubeApiError) as refused:
+        async with Worker(settings):
+            pass
+    assert refused.value.status == 403

@@ -38,10 +38,6 @@ helm.sh/chart: {{ include "duplex.chart" .root }}
 {{- include "duplex.fullname" . }}-operator
 {{- end -}}
 
-{{- define "duplex.workerServiceAccount" -}}
-{{- include "duplex.fullname" . }}-worker
-{{- end -}}
-
 {{- define "duplex.workerPrefix" -}}
 {{- default (printf "%s-worker" (include "duplex.fullname" .)) .Values.operator.workerPrefix -}}
 {{- end -}}
@@ -124,25 +120,6 @@ true
 {{- end -}}
 {{- end -}}
 
-{{/*
-Every name a worker Pod may get: <workerPrefix>-<pool>-<n> for n below twice the pool's maxPods
-(a replacement takes a new name while the Pod it replaces terminates). The operator never
-uses another (WorkerPool.name_slots); the workers' Role grants these alone.
-*/}}
-{{- define "duplex.workerPodNames" -}}
-{{- $root := . -}}
-{{- $names := list -}}
-{{- range $name, $values := .Values.workerPools -}}
-{{- if and $values (ternary $values.enabled true (hasKey $values "enabled")) -}}
-{{- $max := ternary $values.maxPods 1 (hasKey $values "maxPods") -}}
-{{- range $n := until (mul 2 (int $max) | int) -}}
-{{- $names = append $names (printf "%s-%s-%d" (include "duplex.workerPrefix" $root) $name $n) -}}
-{{- end -}}
-{{- end -}}
-{{- end -}}
-{{- toYaml $names -}}
-{{- end -}}
-
 {{/* The log format of every component, in its environment (nothing for the default, text). */}}
 {{- define "duplex.logFormatEnv" -}}
 {{- if eq .Values.logFormat "json" -}}
@@ -200,7 +177,17 @@ rather than the operator's start. */ -}}
 {{- $image := ternary (include "duplex.gpuImage" $root) (include "duplex.image" $root) (and (hasKey $values "gpu") (eq (toString $values.gpu) "true")) -}}
 {{- $_ := set $pool "image" (default $image $values.image) -}}
 {{- $_ := set $pool "image_pull_policy" (default $root.Values.image.pullPolicy $values.imagePullPolicy) -}}
-{{- $_ := set $pool "service_account_name" (default (include "duplex.workerServiceAccount" $root) $values.serviceAccountName) -}}
+{{- /* Without a name, each worker Pod gets an account of its own that may read that Pod alone. */ -}}
+{{- if $values.serviceAccountName -}}
+{{- $_ := set $pool "service_account_name" $values.serviceAccountName -}}
+{{- end -}}
+{{- with $root.Values.imagePullSecrets -}}
+{{- $secrets := list -}}
+{{- range . -}}
+{{- $secrets = append $secrets .name -}}
+{{- end -}}
+{{- $_ := set $pool "image_pull_secrets" $secrets -}}
+{{- end -}}
 {{- $_ := set $pool "labels" (merge (dict "app.kubernetes.io/instance" $root.Release.Name) (deepCopy ($values.labels | default dict))) -}}
 {{- $annotations := deepCopy ($values.annotations | default dict) -}}
 {{- if not $root.Values.prometheus.annotations -}}

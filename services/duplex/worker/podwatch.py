@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,9 @@ from duplex.kube import KubeApiError, KubeClient, sleep_backoff
 from duplex.modelset import MODEL_SET, MODEL_SPECS, parse_model_set, parse_model_specs
 from duplex.tasks import TaskSet
 from duplex.worker.model_manager import ModelManager
+
+# How long a start waits for the Pod's own account to be given its rights (see `start`).
+_FORBIDDEN_GRACE_SECONDS = 20.0
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +53,20 @@ class PodModelSet:
         return f"/api/v1/namespaces/{self._namespace}/pods"
 
     async def start(self) -> None:
-        # Reading the Pod once up front makes a wrong name, namespace or RBAC fail the start.
-        pod = await self._client.get(f"{self._pods_path}/{self._pod}")
+        # Reading the Pod once up front makes a wrong name, namespace or RBAC fail the start;
+        # a refusal is asked again for a while, as the operator makes a Pod's own account
+        # (its Role and RoleBinding) just after the Pod.
+        deadline = time.monotonic() + _FORBIDDEN_GRACE_SECONDS
+        attempt = 0
+        while True:
+            try:
+                pod = await self._client.get(f"{self._pods_path}/{self._pod}")
+                break
+            except KubeApiError as exc:
+                if exc.status != 403 or time.monotonic() > deadline:
+                    raise
+                await sleep_backoff(attempt, cap=2.0)
+                attempt += 1
         self._observe(pod)
         version = str(pod["metadata"].get("resourceVersion", ""))
         self._tasks.spawn(self._apply_loop(), "apply")
