@@ -15,11 +15,13 @@ after.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import quote
 
 import redis.asyncio as aioredis
 
@@ -115,7 +117,11 @@ async def local_kubernetes(timeout: float) -> AsyncIterator[Target]:
             await _until(lambda: _available(client, deployment), f"{name} available", timeout)
         service = await client.get(f"/api/v1/namespaces/{NAMESPACE}/services/{RELEASE}-redis")
         port = service["spec"]["ports"][0]["port"]
-        redis = aioredis.from_url(f"redis://{service['spec']['clusterIP']}:{port}/0")
+        # The chart's Redis asks for the password it generated into the release's Secret.
+        secret = await client.get(f"/api/v1/namespaces/{NAMESPACE}/secrets/{RELEASE}-redis")
+        password = quote(base64.b64decode(secret["data"]["password"]).decode(), safe="")
+        address = f"{service['spec']['clusterIP']}:{port}"
+        redis = aioredis.from_url(f"redis://:{password}@{address}/0")
         try:
             yield Target(client, NAMESPACE, redis)
         finally:
