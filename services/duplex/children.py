@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import shutil
+import threading
+from typing import IO
 
 
 def dying_with_parent(argv: list[str], signal: str = "TERM") -> list[str]:
@@ -16,3 +19,20 @@ def dying_with_parent(argv: list[str], signal: str = "TERM") -> list[str]:
     """
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", signal, "--", *argv] if setpriv else argv
+
+
+def drain(stream: IO[str], keep: int = 200) -> collections.deque[str]:
+    """Read a child's output to its end on a thread of its own, keeping the last `keep` lines.
+
+    A child whose pipe nobody reads blocks on its next write once the pipe's buffer (64 KiB)
+    is full: its logging, and with it its event loop, would stop. Call this once the parent has
+    read what it waited for (an address, a "ready" line).
+    """
+    lines: collections.deque[str] = collections.deque(maxlen=keep)
+
+    def read() -> None:
+        for line in stream:
+            lines.append(line)
+
+    threading.Thread(target=read, name="child-output", daemon=True).start()
+    return lines

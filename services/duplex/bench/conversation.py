@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
@@ -39,6 +40,7 @@ from duplex.bench.client import (
     to_frames,
 )
 from duplex.bench.stats import Series, failure_lines, fmt, series_table, table
+from duplex.children import drain
 from duplex.clients.talk import SEND_RATE
 from duplex.ports import free_ports
 
@@ -373,19 +375,25 @@ def demo_process(model: str, livekit: bool, llm: str | None = None) -> Iterator[
         stderr=subprocess.STDOUT,
         text=True,
     )
+    assert proc.stdout is not None
+    output: collections.deque[str] = collections.deque()
     try:
-        assert proc.stdout is not None
         for line in proc.stdout:
             if "duplex demo ready" in line:
                 break
         else:
             raise RuntimeError(f"demo exited with {proc.wait()}")
+        output = drain(proc.stdout)  # its log goes on for as long as the bench runs
         yield Demo(f"ws://127.0.0.1:{port}/ws", proc.pid)
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
-        if proc.stdout:
-            proc.stdout.close()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            tail = "".join(list(output)[-20:])
+            print(f"the demo took more than 20 s to stop; its last lines:\n{tail}", file=sys.stderr)
 
 
 def _livekit_connect(http: str, model: str) -> Connect:

@@ -25,6 +25,7 @@ import grpc
 
 from duplex.audio.pacing import FramePacer
 from duplex.bench.stats import Series, failure_lines, fmt, series_table, table
+from duplex.children import drain
 from duplex.ports import free_ports
 from duplex.rpc.client import Command, TtsClient
 
@@ -67,6 +68,7 @@ def _worker_process(models: list[str]) -> Iterator[str]:
                 break
         else:
             raise RuntimeError(f"worker exited with {proc.wait()}")
+        drain(proc.stdout)  # it logs every stream: a pipe left unread would stop it
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()
