@@ -26,13 +26,14 @@ def drain(stream: IO[str], keep: int = 200) -> collections.deque[str]:
 
     A child whose pipe nobody reads blocks on its next write once the pipe's buffer (64 KiB)
     is full: its logging, and with it its event loop, would stop. Call this once the parent has
-    read what it waited for (an address, a "ready" line).
+    read what it waited for (an address, a "ready" line); the stream is closed at its end.
     """
     lines: collections.deque[str] = collections.deque(maxlen=keep)
 
     def read() -> None:
-        for line in stream:
-            lines.append(line)
+        with stream:  # closed at the child's end of output
+            for line in stream:
+                lines.append(line)
 
     threading.Thread(target=read, name="child-output", daemon=True).start()
     return lines
