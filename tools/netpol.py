@@ -254,33 +254,35 @@ def render(state: dict[str, list[Obj]]) -> str:
     policies = state["networkpolicies"]
     ingress: dict[str, list[str]] = {}  # pod IP -> rules (allowed flows into it)
     egress: dict[str, list[str]] = {}
-    for pod in pods:
-        ip = pod_ip(pod)
-        assert ip is not None
-        ns = pod["metadata"]["namespace"]
-        labels = pod["metadata"].get("labels") or {}
-        for policy in policies:
-            meta, spec = policy["metadata"], policy["spec"]
-            if meta["namespace"] != ns or not matches(spec.get("podSelector"), labels):
+    for policy in policies:
+        ns, spec = policy["metadata"]["namespace"], policy["spec"]
+        selected = [
+            p
+            for p in pods
+            if p["metadata"]["namespace"] == ns
+            and matches(spec.get("podSelector"), p["metadata"].get("labels") or {})
+        ]
+        types = spec.get("policyTypes") or (
+            ["Ingress", "Egress"] if spec.get("egress") is not None else ["Ingress"]
+        )
+        for direction, rules, into, peer_key, other in (
+            ("Ingress", spec.get("ingress"), ingress, "from", "saddr"),
+            ("Egress", spec.get("egress"), egress, "to", "daddr"),
+        ):
+            if direction not in types:
                 continue
-            types = spec.get("policyTypes") or (
-                ["Ingress", "Egress"] if spec.get("egress") is not None else ["Ingress"]
-            )
-            for direction, rules, into, peer_key, other in (
-                ("Ingress", spec.get("ingress"), ingress, "from", "saddr"),
-                ("Egress", spec.get("egress"), egress, "to", "daddr"),
-            ):
-                if direction not in types:
-                    continue
-                allowed = into.setdefault(ip, [])
-                for rule in rules or []:
-                    peers = peers_of(rule.get(peer_key), ns, pods, namespaces)
-                    if peers == []:
-                        continue  # peers that match nothing allow nothing
-                    # A named port is the Pod's own on ingress; on egress it would name ports of
-                    # each destination Pod, which this does not resolve (it allows nothing).
+            for pod in selected:  # isolated, whether or not a rule admits anything
+                into.setdefault(str(pod_ip(pod)), [])
+            for rule in rules or []:
+                peers = peers_of(rule.get(peer_key), ns, pods, namespaces)
+                if peers == []:
+                    continue  # peers that match nothing allow nothing
+                match = f"ip {other} {{ {', '.join(peers)} }} " if peers is not None else ""
+                for pod in selected:
+                    # A named port is the Pod's own on ingress; on egress it would name ports
+                    # of each destination Pod, which this does not resolve (it allows nothing).
                     ports = ports_of(rule.get("ports"), pod if direction == "Ingress" else None)
-                    match = f"ip {other} {{ {', '.join(peers)} }} " if peers is not None else ""
+                    allowed = into[str(pod_ip(pod))]
                     if ports is None:
                         allowed.append(f"{match}accept")
                     for protocol, port in ports or []:

@@ -59,21 +59,20 @@ def parse_text_chunk(data: bytes) -> pb.TextChunk | MalformedChunk:
         return MalformedChunk(str(exc))
 
 
-def client_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """Who is calling: its `duplex-client` metadata, or else the peer's host (no port)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == CLIENT_METADATA and isinstance(value, str) and value:
-            return value[:MAX_ID_CHARS]
-    peer = context.peer() or "unknown"
-    host, _, port = peer.rpartition(":")
-    return host if host and port.isdigit() else peer
-
-
 def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
     for name, value in context.invocation_metadata() or ():
         if name == key and isinstance(value, str):
             return value
     return None
+
+
+def client_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """Who is calling: its `duplex-client` metadata, or else the peer's host (no port)."""
+    if name := _metadata(context, CLIENT_METADATA):
+        return name[:MAX_ID_CHARS]
+    peer = context.peer() or "unknown"
+    host, _, port = peer.rpartition(":")
+    return host if host and port.isdigit() else peer
 
 
 def _check_id(what: str, value: str) -> None:

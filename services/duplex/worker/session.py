@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -249,9 +250,11 @@ class SynthesisSession:
         produced = 0
         loop = asyncio.get_running_loop()
         threads = self._manager.executor(adapter.device)
+        # As asyncio.to_thread does: the model's own log lines keep the session's ids.
+        context = contextvars.copy_context()
         while True:
             try:
-                chunk = await loop.run_in_executor(threads, next_chunk)
+                chunk = await loop.run_in_executor(threads, context.run, next_chunk)
             except Exception as exc:  # boundary: the model's inference failed on this text
                 raise SynthesisFailed(
                     f"model {model.model_id!r} failed on {text[:40]!r}: {exc}"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -54,6 +54,19 @@ class ModelSpec:
 # espeak-ng keeps one global state per process, whichever family calls it: phonemisation
 # takes this lock, and only phonemisation, so that inference itself runs in parallel.
 PHONEMIZER_LOCK = threading.Lock()
+
+T = TypeVar("T")
+
+
+def phonemizing(phonemize: Callable[..., T]) -> Callable[..., T]:
+    """`phonemize`, taking PHONEMIZER_LOCK for each call: put in place of an engine's own
+    phonemiser at load, so that its synthesis holds the lock for that step alone."""
+
+    def locked(*args: Any, **kwargs: Any) -> T:
+        with PHONEMIZER_LOCK:
+            return phonemize(*args, **kwargs)
+
+    return locked
 
 
 class TtsAdapter(ABC):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from duplex.errors import ModelLoadFailed
-from duplex.worker.adapters.base import PHONEMIZER_LOCK, NativeAudio, TtsAdapter, require
+from duplex.worker.adapters.base import NativeAudio, TtsAdapter, phonemizing, require
 from duplex.worker.adapters.piper import onnx_session
 
 
@@ -52,21 +52,15 @@ class KokoroAdapter(TtsAdapter):
         try:
             session = onnx_session(model, self.spec.threads, self.device, self.spec.model_id)
             self._kokoro = Kokoro.from_session(session, str(voices))
+            tokenizer = self._kokoro.tokenizer
+            tokenizer.phonemize = phonemizing(tokenizer.phonemize)
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelLoadFailed(f"cannot load Kokoro model {model}: {exc}") from exc
 
     def synthesize(self, text: str, voice: str | None, speed: float) -> Iterator[NativeAudio]:
         lang = self.spec.options.get("lang", "en-us")
-        kokoro = self._kokoro
-        with PHONEMIZER_LOCK:
-            phonemes = kokoro.tokenizer.phonemize(text, lang)
-        audio, _rate = kokoro.create(
-            phonemes,
-            voice=voice or "jf_alpha",
-            speed=speed,
-            lang=lang,
-            is_phonemes=True,
-            sentence_pause=0.0,
+        audio, _rate = self._kokoro.create(
+            text, voice=voice or "jf_alpha", speed=speed, lang=lang, sentence_pause=0.0
         )
         yield audio
 

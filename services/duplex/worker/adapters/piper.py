@@ -7,11 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from duplex.devices import Device, check_onnx_session, onnx_providers
 from duplex.errors import ModelLoadFailed
-from duplex.worker.adapters.base import PHONEMIZER_LOCK, NativeAudio, TtsAdapter, require
+from duplex.worker.adapters.base import NativeAudio, TtsAdapter, phonemizing, require
 
 
 def onnx_session(model: Path, threads: int, device: Device, what: str) -> Any:
@@ -64,6 +62,7 @@ class PiperAdapter(TtsAdapter):
             config = PiperConfig.from_dict(json.loads(config_path.read_text()))
             session = onnx_session(model, self.spec.threads, self.device, self.spec.model_id)
             self._voice = PiperVoice(session=session, config=config)
+            self._voice.phonemize = phonemizing(self._voice.phonemize)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadFailed(f"cannot load Piper voice {model}: {exc}") from exc
         self._rate = int(config.sample_rate)
@@ -75,23 +74,8 @@ class PiperAdapter(TtsAdapter):
         syn = SynthesisConfig(
             speaker_id=speakers.get(voice) if voice else None, length_scale=1.0 / speed
         )
-        piper = self._voice
-        with PHONEMIZER_LOCK:
-            sentences = piper.phonemize(text)
-        # One chunk per sentence, as PiperVoice.synthesize makes them (peak-normalised and
-        # clipped), with only the phonemiser serialised.
-        for phonemes in sentences:
-            if not phonemes:
-                continue
-            audio = piper.phoneme_ids_to_audio(piper.phonemes_to_ids(phonemes), syn)
-            if isinstance(audio, tuple):  # audio with alignments
-                audio = audio[0]
-            peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-            if syn.normalize_audio:
-                audio = audio / peak if peak >= 1e-8 else np.zeros_like(audio)
-            if syn.volume != 1.0:
-                audio = audio * syn.volume
-            yield np.clip(audio, -1.0, 1.0).astype(np.float32)
+        for chunk in self._voice.synthesize(text, syn_config=syn):
+            yield chunk.audio_float_array
 
     def voices(self) -> tuple[str, ...]:
         return tuple(self._voice.config.speaker_id_map or ()) if self._voice else ()
