@@ -24,7 +24,6 @@ from duplex.devices import Device
 from duplex.errors import AtCapacity, DuplexError, ModelInUse, ModelLoadFailed, ModelNotPlaced
 from duplex.tasks import TaskSet
 from duplex.worker.adapters import ModelSpec, TtsAdapter, adapter_for, device_for
-from duplex.worker.adapters.base import WARMUP_TEXT
 from duplex.worker.catalog import Catalog
 from duplex.worker.config import ManagerConfig
 from duplex.worker.metrics import WorkerMetrics
@@ -67,8 +66,12 @@ def _load_blocking(spec: ModelSpec, target_dbfs: float, device: str) -> tuple[Tt
     adapter = adapter_for(spec, device_for(spec, device))
     adapter.load()
     voice = spec.voice_or_default(None)
+    first, *rest = adapter.warmup_texts
     try:
-        chunks = [to_float32(c) for c in adapter.synthesize(WARMUP_TEXT, voice, 1.0)]
+        chunks = [to_float32(c) for c in adapter.synthesize(first, voice, 1.0)]
+        for text in rest:
+            for _ in adapter.synthesize(text, voice, 1.0):
+                pass
     except Exception as exc:  # boundary: any inference failure is a failed load
         adapter.close()
         raise ModelLoadFailed(f"model {spec.model_id!r} failed its warm-up: {exc}") from exc

@@ -17,6 +17,16 @@ from duplex.errors import InvalidInput, MissingDependency
 NativeAudio = npt.NDArray[np.float32] | npt.NDArray[np.int16]
 
 WARMUP_TEXT = "Hello! This is a short sentence to warm up the voice."
+# As long as the orchestrator's longest chunk (300 characters): an onnxruntime arena grows to
+# the largest input it has seen and keeps that memory, so a worker warmed up only on a short
+# sentence keeps growing for minutes of real replies; warmed up on this, it is at its working
+# size once loaded (and its first long sentence pays no allocation).
+LONG_WARMUP_TEXT = (
+    "When the weather turns later this afternoon, expect a light breeze from the west, clouds"
+    " building over the hills, and perhaps a little rain in the city before evening; tomorrow"
+    " should start cool and bright, with the wind easing and temperatures climbing slowly to"
+    " around twenty degrees by noon."
+)
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,9 @@ class TtsAdapter(ABC):
     thread_safe: ClassVar[bool] = False
     # Whether the family can run on a CUDA GPU, and with which engine (for messages).
     gpu_engine: ClassVar[str | None] = None
+    # Synthesised once each at load, after the first (which calibrates loudness): a family
+    # whose runtime keeps memory sized by its largest input warms up on a long sentence too.
+    warmup_texts: ClassVar[tuple[str, ...]] = (WARMUP_TEXT,)
 
     def __init__(self, spec: ModelSpec, device: Device = CPU) -> None:
         self.spec = spec

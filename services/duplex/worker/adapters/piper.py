@@ -9,7 +9,14 @@ from typing import Any
 
 from duplex.devices import Device, check_onnx_session, onnx_providers
 from duplex.errors import ModelLoadFailed
-from duplex.worker.adapters.base import NativeAudio, TtsAdapter, phonemizing, require
+from duplex.worker.adapters.base import (
+    LONG_WARMUP_TEXT,
+    WARMUP_TEXT,
+    NativeAudio,
+    TtsAdapter,
+    phonemizing,
+    require,
+)
 
 
 def onnx_session(model: Path, threads: int, device: Device, what: str) -> Any:
@@ -19,6 +26,9 @@ def onnx_session(model: Path, threads: int, device: Device, what: str) -> Any:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # Every call has a different input length: a memory plan made for one shape never fits the
+    # next, and keeping one per shape only grows the process.
+    opts.enable_mem_pattern = False
     session = ort.InferenceSession(str(model), sess_options=opts, providers=onnx_providers(device))
     check_onnx_session(session, device, what)
     return session
@@ -28,6 +38,7 @@ class PiperAdapter(TtsAdapter):
     family = "piper"
     gpu_engine = "onnxruntime"
     thread_safe = True  # espeak-ng under PHONEMIZER_LOCK; the VITS session runs in parallel
+    warmup_texts = (WARMUP_TEXT, LONG_WARMUP_TEXT)
 
     _voice: Any = None
     _rate = 22050
