@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import pytest
 
@@ -216,3 +217,26 @@ async def test_loads_in_flight_count_against_the_resident_cap() -> None:
         assert any(isinstance(r, AtCapacity) for r in results), results
     finally:
         await m.aclose()
+
+
+async def test_every_warm_up_text_is_spoken_at_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from duplex.worker.adapters.base import NativeAudio
+    from duplex.worker.adapters.tone import ToneAdapter
+
+    spoken: list[str] = []
+    synthesize = ToneAdapter.synthesize
+
+    def recording(
+        self: ToneAdapter, text: str, voice: str | None, speed: float
+    ) -> Iterator[NativeAudio]:
+        spoken.append(text)
+        return synthesize(self, text, voice, speed)
+
+    monkeypatch.setattr(ToneAdapter, "synthesize", recording)
+    monkeypatch.setattr(ToneAdapter, "warmup_texts", ("one two", "a much longer warm up text"))
+    m = manager(Clock())
+    await m.load("t2")
+    await m.aclose()
+    assert spoken == ["one two", "a much longer warm up text"]
