@@ -167,6 +167,8 @@ async def spoken_turn(worker: Worker, port: int, tmp_path: Path) -> dict[str, An
                 tail = console[-30:]
                 raise AssertionError(f"{seen} {stats}\nlog: {log}\nconsole: {tail}") from None
             log = await page.evaluate("window.duplex.log")
+            sent = await page.evaluate("window.duplex.sent")
+            await check_against_schema(port, log, sent)
             finals = [e["text"].lower() for e in log if e["type"] == "transcript" and e["final"]]
             assert any("what is your name" in f for f in finals), finals
             assert any(e["type"] == "reply" and "duplex" in e["text"].lower() for e in log)
@@ -179,6 +181,24 @@ async def spoken_turn(worker: Worker, port: int, tmp_path: Path) -> dict[str, An
             return {"transport": transport, "events": log, "jitter_buffer_target": jitter}
         finally:
             await browser.close()
+
+
+async def check_against_schema(
+    port: int, read: list[dict[str, Any]], sent: list[dict[str, Any]]
+) -> None:
+    """Everything the page read and sent is in the protocol the orchestrator serves."""
+    import aiohttp
+    import jsonschema
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{port}/api/schema") as response:
+            schema = await response.json()
+    assert read  # over /ws the page sends session.start too; in a room it need not
+    for side, messages in (("server", read), ("client", sent)):
+        validator = jsonschema.Draft202012Validator({**schema, "$ref": f"#/{side}"})
+        for message in messages:
+            errors = [e.message for e in validator.iter_errors(message)]
+            assert not errors, (side, message, errors)
 
 
 async def test_page_reconnects_after_the_orchestrator_restarts(

@@ -18,8 +18,10 @@ from duplex.bench.client import Conversation, conversation, speech_bounds
 from duplex.bench.conversation import BACKGROUND
 from duplex.clients.talk import SEND_RATE, talk_file
 from duplex.orchestrator.config import OrchestratorConfig
+from duplex.orchestrator.events import ErrorEvent, ServerEvent
 from duplex.orchestrator.server import Orchestrator
 from duplex.orchestrator.session import ConversationSession, SessionStart
+from duplex.orchestrator.transport import ClientPlayout
 from duplex.rpc.client import TtsClient
 from duplex.worker.config import WorkerConfig
 from duplex.worker.server import Worker
@@ -295,17 +297,23 @@ async def test_talk_command_writes_the_reply(
         assert w.getframerate() == 48000 and w.getnframes() > 48000
 
 
-class _Output:
+class _Output(ClientPlayout):
     """A session output that records into a client-side Conversation, as a transport would."""
 
     def __init__(self, conv: Conversation) -> None:
         self._conv = conv
 
-    def send_event(self, event: dict[str, Any]) -> None:
-        self._conv.got(time.monotonic(), event)
+    def event(self, event: ServerEvent) -> None:
+        self._conv.got(time.monotonic(), event.to_json())
 
-    def send_audio(self, frame: PcmFrame) -> None:
+    def play(self, frame: PcmFrame) -> None:
         self._conv.heard(time.monotonic(), frame.data)
+
+    def refuse(self, code: str, message: str) -> None:
+        self.event(ErrorEvent(code, message))
+
+    def unheard_seconds(self) -> float:
+        return 0.0
 
 
 async def _no_mic(pcm: bytes) -> None:

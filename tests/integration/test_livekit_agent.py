@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -154,3 +155,22 @@ async def test_a_participant_leaving_mid_reply_leaves_the_agent_serving(
     async with asyncio.timeout(10):
         while stack[0].servicer.sessions:
             await asyncio.sleep(0.05)
+
+
+async def test_the_job_joins_its_room_the_way_livekit_agents_expects(
+    stack: tuple[Worker, Orchestrator], caplog: pytest.LogCaptureFixture
+) -> None:
+    """livekit-agents warns 10 s into a job that has not joined its room through the job's
+    context, and again when such a job ends: neither may be logged."""
+    caplog.set_level(logging.WARNING, logger="livekit.agents")
+    async with join(http(stack), model="piper-joe") as conv:
+        assert await conv.wait_for(lambda: bool(events(conv, "session.started")), 20)
+        await asyncio.sleep(11)
+        assert events(conv, "state")  # still served
+    await asyncio.sleep(1)  # the job ends after the user left
+    complaints = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("livekit.agents") and r.levelno >= logging.WARNING
+    ]
+    assert not [c for c in complaints if "connect" in c or "shutdown" in c], complaints

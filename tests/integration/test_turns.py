@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,8 +15,10 @@ from duplex.audio.frame import PcmFrame
 from duplex.bench.client import Conversation, synthesise_utterances
 from duplex.clients.talk import SEND_RATE
 from duplex.orchestrator.config import OrchestratorConfig, TurnConfig
+from duplex.orchestrator.events import ErrorEvent, ServerEvent
 from duplex.orchestrator.server import Orchestrator
 from duplex.orchestrator.session import ConversationSession, SessionStart
+from duplex.orchestrator.transport import ClientPlayout
 from duplex.worker.config import WorkerConfig
 from duplex.worker.server import Worker
 
@@ -52,18 +53,21 @@ def unbroken(frames: list[bytes]) -> list[bytes]:
     return [f for f in frames if np.abs(np.frombuffer(f, "<i2")).max() > 300]
 
 
-class _Output:
+class _Output(ClientPlayout):
     def __init__(self, conv: Conversation) -> None:
         self._conv = conv
 
-    def send_event(self, event: dict[str, Any]) -> None:
-        self._conv.got(time.monotonic(), event)
+    def event(self, event: ServerEvent) -> None:
+        self._conv.got(time.monotonic(), event.to_json())
 
-    def send_audio(self, frame: PcmFrame) -> None:
+    def play(self, frame: PcmFrame) -> None:
         self._conv.heard(time.monotonic(), frame.data)
 
     def refuse(self, code: str, message: str) -> None:
-        self._conv.got(time.monotonic(), {"type": "error", "code": code, "message": message})
+        self.event(ErrorEvent(code, message))
+
+    def unheard_seconds(self) -> float:
+        return 0.0
 
 
 async def _no_mic(pcm: bytes) -> None:

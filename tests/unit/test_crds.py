@@ -64,3 +64,11 @@ def test_bad_voicesession_spec_is_rejected() -> None:
         jsonschema.validate(
             {"modelId": "piper-joe", "maxDurationSeconds": 0}, crd_schema("VoiceSession")
         )
+
+
+def test_the_crd_offers_every_family_but_the_test_ones() -> None:
+    from duplex.worker.adapters import FAMILIES
+
+    offered = crd_schema("TTSModel")["properties"]["family"]["enum"]
+    assert set(offered) == {name for name, cls in FAMILIES.items() if not cls.test_only}
+    assert any(cls.test_only for cls in FAMILIES.values())  # there is one to leave out

@@ -9,6 +9,7 @@ import numpy as np
 from livekit import rtc
 
 from duplex.audio.frame import FRAME_SAMPLES, SAMPLE_RATE, PcmFrame
+from duplex.orchestrator.events import StateChanged
 from duplex.orchestrator.livekit_agent import RoomOutput
 
 
@@ -32,16 +33,16 @@ async def test_pause_takes_back_unsent_frames_and_flush_drops_everything() -> No
     output = RoomOutput(None, source)  # type: ignore[arg-type]  # events are not sent here
     try:
         for i in range(5):
-            output.send_audio(frame(i))
+            output.play(frame(i))
         await pump(output, lambda: not output._audio)
         # Nothing consumes the source here: every frame is still queued in the SDK.
         assert source.queued_duration > 0
-        output.send_event({"type": "playback", "action": "pause"})
+        output.pause()
         assert source.queued_duration == 0
         held = [int(f.samples()[0]) for f in output._audio]
         assert held and held == list(range(6 - len(held), 6))  # the newest, in order
-        output.send_audio(frame(9))
-        output.send_event({"type": "playback", "action": "flush"})
+        output.play(frame(9))
+        output.flush()
         assert not output._audio and source.queued_duration == 0
     finally:
         await source.aclose()
@@ -65,10 +66,10 @@ async def test_a_room_that_takes_nothing_is_left_not_buffered_without_end() -> N
     room = _Room()
     output = RoomOutput(room, source)  # type: ignore[arg-type]
     try:
-        output.send_event({"type": "state", "state": "speaking"})
+        output.event(StateChanged("speaking"))
         for i in range(2000):  # 40 s of audio that nothing sends
-            output.send_audio(frame(i))
-        output.send_event({"type": "state", "state": "listening"})
+            output.play(frame(i))
+        output.event(StateChanged("listening"))
         assert len(output._audio) == 0  # dropped at the bound, not kept
         async with asyncio.timeout(5):
             await output.write_events()

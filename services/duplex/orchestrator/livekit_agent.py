@@ -1,11 +1,11 @@
 """The orchestrator as a LiveKit agent: a WebRTC room feeds the same session pipeline.
 
 livekit-agents registers this process with the LiveKit server, which dispatches a job for
-every room whose token asks for the agent (the page's tokens do). Jobs run on the agents
-framework's own threads and event loops, but the models, the TTS client pool and the router
-live on the orchestrator's loop; so a job only hands its room's name over, and the room is
-joined and served on the orchestrator's loop, where `ConversationSession` runs exactly as it
-does behind a WebSocket.
+every room whose token asks for the agent (the page's tokens do). Each job runs on the agents
+framework's own thread and event loop, and joins its room there, as the framework expects
+(`ctx.connect()`, `ctx.shutdown()`). The models, the TTS client pool and the router live on
+the orchestrator's loop, and so does the room's `Conversation`: the user's audio and messages
+cross to it, and its output crosses back to the room's loop through `CrossLoopOutput`.
 
 In the room: the user's microphone track in (48 kHz mono, 20 ms frames), one audio track of
 ours out, and JSON on the data channel (topic "duplex") both ways — the same events and
@@ -20,21 +20,18 @@ import contextlib
 import json
 import logging
 import math
-import secrets
-from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
+from aiohttp import web
 from livekit import rtc
 
 from duplex.audio.frame import FRAME_SAMPLES, FRAME_SECONDS, SAMPLE_RATE, PcmFrame
-from duplex.errors import DuplexError, InvalidInput
-from duplex.orchestrator.livekit_tokens import AGENT_NAME, LiveKitConfig, agent_token
-from duplex.orchestrator.session import (
-    ConversationSession,
-    Services,
-    SessionStart,
-    apply_client_message,
-)
+from duplex.errors import InvalidInput
+from duplex.orchestrator.events import SHUTDOWN, ErrorEvent, Playback, ServerEvent, StartSession
+from duplex.orchestrator.livekit_tokens import AGENT_NAME, LiveKitConfig
+from duplex.orchestrator.session import Services, SessionStart
+from duplex.orchestrator.transport import Conversation, Output
 from duplex.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -46,7 +43,7 @@ _SOURCE_QUEUE_MS = 200  # the SDK's own buffer in front of the encoder
 # Events and 20 ms frames waiting for the room (20 s of audio): beyond that the room is not
 # taking what we send, and the agent leaves it rather than hold the backlog in memory.
 _MAX_QUEUED = 1000
-SHUTDOWN_EVENT = {"type": "session.ended", "reason": "the server is shutting down"}
+_MAX_MESSAGES = 100  # client messages waiting for the conversation
 
 
 class RoomOutput:
@@ -85,31 +82,40 @@ class RoomOutput:
         self._events.put_nowait(None)
         return True
 
-    def send_event(self, event: dict[str, Any]) -> None:
-        if self._full():
-            return
-        if event.get("type") == "playback":
-            action = event.get("action")
-            if action == "flush":
-                self._drop_queued(keep=False)
-                self._paused = False
-            elif action == "pause":
-                self._drop_queued(keep=True)
-                self._paused = True
-            elif action == "resume":
-                self._paused = False
-                self._wake.set()
-        self._events.put_nowait(event)
+    def event(self, event: ServerEvent) -> None:
+        if not self._full():
+            self._events.put_nowait(event.to_json())
 
-    def send_audio(self, frame: PcmFrame) -> None:
+    def play(self, frame: PcmFrame) -> None:
         if self._full():
             return
         self._audio.append(frame)
         self._wake.set()
 
+    def pause(self) -> None:
+        self._drop_queued(keep=True)
+        self._paused = True
+        self.event(Playback("pause"))
+
+    def resume(self) -> None:
+        self._paused = False
+        self._wake.set()
+        self.event(Playback("resume"))
+
+    def flush(self) -> None:
+        self._drop_queued(keep=False)
+        self._paused = False
+        self.event(Playback("flush"))
+
+    def duck(self, gain: float) -> None:
+        self.event(Playback("duck", gain))  # the audio comes at this gain already
+
     def refuse(self, code: str, message: str) -> None:
-        self._events.put_nowait({"type": "error", "code": code, "message": message})
+        self._events.put_nowait(ErrorEvent(code, message).to_json())
         self._events.put_nowait(None)  # after that event: leave the room
+
+    def unheard_seconds(self) -> float:
+        return len(self._audio) * FRAME_SECONDS + self._source.queued_duration
 
     def _drop_queued(self, *, keep: bool) -> None:
         self._generation += 1
@@ -148,17 +154,89 @@ class RoomOutput:
                 log.warning("event %s not delivered: %s", event.get("type"), exc)
 
 
+class CrossLoopOutput:
+    """A room's output as its session sees it: the session runs on the orchestrator's loop,
+    the room on its job's loop, and each call is carried over to the room's loop, in order."""
+
+    def __init__(self, room: RoomOutput, loop: asyncio.AbstractEventLoop) -> None:
+        self._room = room
+        self._loop = loop
+
+    def _post(self, call: Any, *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the room's loop has closed: it is gone
+            self._loop.call_soon_threadsafe(call, *args)
+
+    def play(self, frame: PcmFrame) -> None:
+        self._post(self._room.play, frame)
+
+    def pause(self) -> None:
+        self._post(self._room.pause)
+
+    def resume(self) -> None:
+        self._post(self._room.resume)
+
+    def flush(self) -> None:
+        self._post(self._room.flush)
+
+    def duck(self, gain: float) -> None:
+        self._post(self._room.duck, gain)
+
+    def event(self, event: ServerEvent) -> None:
+        self._post(self._room.event, event)
+
+    def refuse(self, code: str, message: str) -> None:
+        self._post(self._room.refuse, code, message)
+
+    def unheard_seconds(self) -> float:
+        return self._room.unheard_seconds()
+
+
+class _Inbox:
+    """What the room's user sends, carried from the room's loop to the conversation's."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.conversation: Conversation | None = None  # set on the orchestrator's loop
+        self.messages: asyncio.Queue[str] = asyncio.Queue(maxsize=_MAX_MESSAGES)
+
+    def audio(self, pcm: bytes) -> None:
+        self._loop.call_soon_threadsafe(self._feed, pcm)
+
+    def message(self, data: str) -> None:
+        self._loop.call_soon_threadsafe(self._put, data)
+
+    def _feed(self, pcm: bytes) -> None:
+        if self.conversation is None:
+            return
+        try:
+            self.conversation.feed_audio(pcm)
+        except InvalidInput as exc:  # a partial frame at the end of a track
+            log.debug("skipped audio: %s", exc)
+
+    def _put(self, data: str) -> None:
+        if not self.messages.full():
+            self.messages.put_nowait(data)
+
+
 class LiveKitAgent:
     """Registers with a LiveKit server and serves each room it is dispatched to."""
+
+    name = "livekit"
 
     def __init__(self, services: Services, config: LiveKitConfig) -> None:
         self._s = services
         self._config = config
         self._url = config.agent_url or config.url
         self._loop = asyncio.get_running_loop()
-        self._rooms = TaskSet("livekit-rooms")
+        self._rooms = TaskSet("livekit-rooms")  # each room's conversation, on this loop
         self.registered = asyncio.Event()
         self.served = 0  # rooms joined since start: for tests and the logs
+
+    def routes(self) -> list[web.RouteDef]:
+        return []  # the token endpoint is the orchestrator's, on with or without the agent
+
+    async def goodbye(self) -> None:
+        return  # each room says goodbye as `run` is cancelled
 
     async def run(self) -> None:
         """Serve until cancelled; then leave every room."""
@@ -168,7 +246,7 @@ class LiveKitAgent:
             ws_url=self._url,
             api_key=self._config.api_key,
             api_secret=self._config.api_secret,
-            # Jobs only hand over a room name; the work happens on this loop.
+            # A job is a room's audio pump; the conversation itself runs on this loop.
             job_executor_type=JobExecutorType.THREAD,
             num_idle_processes=1,
             load_fnc=self._load,
@@ -181,8 +259,8 @@ class LiveKitAgent:
         try:
             await server.run()
         finally:
-            # Rooms first: each job waits for its room, so the agent server closes at once
-            # after them, and no room hears another reply while it waits.
+            # Conversations first: each job then says goodbye and leaves its room, so the
+            # agent server closes at once after them, and no room hears another reply.
             await self._rooms.aclose()
             with contextlib.suppress(Exception):
                 await server.aclose()
@@ -194,68 +272,52 @@ class LiveKitAgent:
     def _load(self) -> float:
         return len(self._rooms) / self._config.max_rooms
 
+    # -- on the job's loop -------------------------------------------------------------------
+
     async def _entrypoint(self, ctx: Any) -> None:
-        # On a job thread's own loop: hand the room to the orchestrator's loop and wait.
-        future = asyncio.run_coroutine_threadsafe(
-            self._serve_owned(ctx.job.room.name, ctx.job.id), self._loop
-        )
-        try:
-            await asyncio.wrap_future(future)
-        finally:
-            future.cancel()
-            ctx.shutdown("the conversation ended")
+        from livekit.agents import AutoSubscribe
 
-    async def _serve_owned(self, room_name: str, job_id: str) -> None:
-        # The room belongs to the agent's task set (closed with it, failures logged there);
-        # this waits for it on behalf of the job, and a cancelled job leaves the room.
-        task = self._rooms.spawn(self.serve_room(room_name, job_id), f"room-{room_name}")
+        reason = "the conversation ended"
         try:
-            await asyncio.wait({task})
+            await ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY)
+            self._loop.call_soon_threadsafe(self._count_room)
+            reason = await self._serve_room(ctx.room)
         finally:
-            task.cancel()
+            ctx.shutdown(reason)  # the framework leaves the room
 
-    async def serve_room(self, room_name: str, job_id: str) -> None:
-        room = rtc.Room()
-        identity = f"agent-{job_id or secrets.token_hex(4)}"
-        await room.connect(self._url, agent_token(self._config, room_name, identity))
+    def _count_room(self) -> None:
         self.served += 1
+
+    async def _serve_room(self, room: rtc.Room) -> str:
         source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=_SOURCE_QUEUE_MS)
         try:
             track = rtc.LocalAudioTrack.create_audio_track("duplex-reply", source)
             options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
             await room.local_participant.publish_track(track, options)
             user, mic = await _first_microphone(room)
-            log.info("room %s: talking with %s", room_name, user.identity)
-            await self._converse(room, source, user, mic)
-        except asyncio.CancelledError:
-            # The orchestrator is shutting down: say so before leaving.
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(1):
-                    await room.local_participant.publish_data(
-                        json.dumps(SHUTDOWN_EVENT), reliable=True, topic=TOPIC
-                    )
-            raise
+            log.info("room %s: talking with %s", room.name, user.identity)
+            return await self._pump(room, source, user, mic)
         finally:
             with contextlib.suppress(Exception):
                 await source.aclose()
-            await room.disconnect()
 
-    async def _converse(
+    async def _pump(
         self,
         room: rtc.Room,
         source: rtc.AudioSource,
         user: rtc.RemoteParticipant,
         mic: rtc.Track,
-    ) -> None:
+    ) -> str:
+        """Carry the room's audio and messages to its conversation and back, until the user
+        leaves, the conversation hangs up, or the orchestrator stops (the user is told)."""
         output = RoomOutput(room, source)
-        messages: asyncio.Queue[str] = asyncio.Queue(maxsize=100)
+        inbox = _Inbox(self._loop)
         gone = asyncio.Event()
 
         def on_data(packet: rtc.DataPacket) -> None:
             sender = packet.participant
-            ours = sender is not None and sender.identity == user.identity
-            if packet.topic == TOPIC and ours and not messages.full():
-                messages.put_nowait(bytes(packet.data).decode("utf-8", "replace"))
+            if packet.topic == TOPIC and sender is not None and sender.identity == user.identity:
+                inbox.message(bytes(packet.data).decode("utf-8", "replace"))
 
         def on_left(participant: rtc.RemoteParticipant) -> None:
             if participant.identity == user.identity:
@@ -264,57 +326,68 @@ class LiveKitAgent:
         room.on("data_received", on_data)
         room.on("participant_disconnected", on_left)
         room.on("disconnected", lambda *_: gone.set())
-        start = SessionStart.parse(
-            {
-                "sample_rate": SAMPLE_RATE,
-                "model": user.attributes.get(MODEL_ATTRIBUTE),
-                "voice": user.attributes.get(VOICE_ATTRIBUTE),
-            },
-            self._s.config,
+        start = StartSession(
+            SAMPLE_RATE,
+            model=user.attributes.get(MODEL_ATTRIBUTE),
+            voice=user.attributes.get(VOICE_ATTRIBUTE),
         )
-        async with TaskSet(f"room-{room.name}") as tasks:
-            holder = _SessionHolder(lambda s: ConversationSession(self._s, output, s), tasks)
-            holder.restart(start)
-            tasks.spawn(output.write_audio(), "audio-out")
-            tasks.spawn(output.write_events(), "events-out")
-            tasks.spawn(_hear(mic, holder), "audio-in")
-            tasks.spawn(self._handle_messages(messages, holder, output), "messages")
-            tasks.spawn(_set_when(output.hung_up, gone), "hang-up")
-            await gone.wait()
-        room.off("data_received", on_data)
-        room.off("participant_disconnected", on_left)
+        crossing = CrossLoopOutput(output, asyncio.get_running_loop())
+        conversation: Future[None] = asyncio.run_coroutine_threadsafe(
+            self._converse(room.name, crossing, inbox, start), self._loop
+        )
+        served = asyncio.wrap_future(conversation)
+        try:
+            async with TaskSet(f"room-{room.name}") as tasks:
+                tasks.spawn(output.write_audio(), "audio-out")
+                tasks.spawn(output.write_events(), "events-out")
+                tasks.spawn(_hear(mic, inbox), "audio-in")
+                left = tasks.spawn(gone.wait(), "user-left")
+                hung_up = tasks.spawn(output.hung_up.wait(), "hung-up")
+                ends: set[asyncio.Future[Any]] = {left, hung_up, served}
+                await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+            if served.done() and served.cancelled():
+                # The orchestrator is stopping: say so before leaving.
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1):
+                        await room.local_participant.publish_data(
+                            json.dumps(SHUTDOWN.to_json()), reliable=True, topic=TOPIC
+                        )
+                return SHUTDOWN.reason
+            return "the conversation ended"
+        finally:
+            conversation.cancel()
+            room.off("data_received", on_data)
+            room.off("participant_disconnected", on_left)
 
-    async def _handle_messages(
-        self, messages: asyncio.Queue[str], holder: _SessionHolder, output: RoomOutput
+    # -- on the orchestrator's loop ------------------------------------------------------------
+
+    async def _converse(
+        self, room_name: str, output: Output, inbox: _Inbox, start: StartSession
     ) -> None:
-        while True:
-            data = await messages.get()
+        # The conversation belongs to the agent's task set (closed with it, failures logged
+        # there); this waits for it on behalf of the job, whose leaving cancels it.
+        task = self._rooms.spawn(self._conversation(output, inbox, start), f"room-{room_name}")
+        try:
+            await asyncio.wait({task})
+        finally:
+            task.cancel()
+        if task.cancelled():
+            raise asyncio.CancelledError
+
+    async def _conversation(self, output: Output, inbox: _Inbox, start: StartSession) -> None:
+        async with TaskSet("room-conversation") as tasks:
+            conversation = Conversation(self._s, output, tasks, sample_rate=SAMPLE_RATE)
             try:
-                start = await apply_client_message(data, holder.session, self._s.config)
-                if start is not None:
-                    # The room fixes the audio format: 48 kHz, whatever the message says.
-                    holder.restart(
-                        SessionStart(SAMPLE_RATE, start.model, start.voice, start.language)
-                    )
-            except DuplexError as exc:
-                self._s.metrics.errors.labels(exc.code).inc()
-                output.send_event({"type": "error", "code": exc.code, "message": str(exc)})
-
-
-class _SessionHolder:
-    """The room's current session; a session.start message replaces it."""
-
-    def __init__(self, make: Callable[[SessionStart], ConversationSession], tasks: TaskSet) -> None:
-        self._make = make
-        self._tasks = tasks
-        self.session: ConversationSession | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def restart(self, start: SessionStart) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        self.session = self._make(start)
-        self._task = self._tasks.spawn(self.session.run(), "session")
+                conversation.start(SessionStart.parse(start, self._s.config))
+            except InvalidInput as exc:
+                output.event(ErrorEvent(exc.code, str(exc)))
+            inbox.conversation = conversation
+            try:
+                while True:
+                    await conversation.message(await inbox.messages.get())
+            finally:
+                inbox.conversation = None
+                conversation.end()
 
 
 async def _first_microphone(room: rtc.Room) -> tuple[rtc.RemoteParticipant, rtc.Track]:
@@ -340,21 +413,15 @@ async def _first_microphone(room: rtc.Room) -> tuple[rtc.RemoteParticipant, rtc.
         room.off("track_subscribed", on_subscribed)
 
 
-async def _hear(track: rtc.Track, holder: _SessionHolder) -> None:
+async def _hear(track: rtc.Track, inbox: _Inbox) -> None:
     stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1, frame_size_ms=20)
     try:
         async for event in stream:
-            session = holder.session
-            if session is None:
-                continue
-            try:
-                session.feed_audio(bytes(event.frame.data))
-            except InvalidInput as exc:  # a partial frame at the end of a track
-                log.debug("skipped audio: %s", exc)
+            inbox.audio(bytes(event.frame.data))
     finally:
         await stream.aclose()
 
 
-async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:
-    await source.wait()
-    target.set()
+def transport(services: Services) -> LiveKitAgent:
+    assert services.config.livekit is not None
+    return LiveKitAgent(services, services.config.livekit)

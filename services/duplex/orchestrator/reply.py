@@ -149,11 +149,14 @@ class Reply:
         """Audio the listener has heard: sent, minus what may still sit in their buffer."""
         return max(0.0, self.stats.frames_sent * FRAME_SECONDS - self._lead)
 
-    def heard_text(self, complete: bool) -> str:
+    def heard_text(self, complete: bool, unheard: float) -> str:
+        """What the listener heard of the text: all of it, or as much as the audio sent, less
+        `unheard` (what the transport still held), took to say."""
         text = self.text.text
         if complete:
             return text.strip()
-        cut = int(self.heard_seconds() * CHARS_PER_SECOND)
+        heard = max(0.0, self.stats.frames_sent * FRAME_SECONDS - unheard)
+        cut = int(heard * CHARS_PER_SECOND)
         if cut >= len(text):
             return text.strip()
         head = text[:cut]

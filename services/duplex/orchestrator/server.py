@@ -1,23 +1,22 @@
-"""The orchestrator process: HTTP (page, health, metrics, models) and the WebSocket transport."""
+"""The orchestrator process: HTTP (page, health, metrics, models, schema) and its transports."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from duplex.audio.frame import PcmFrame
-from duplex.errors import DuplexError, InvalidInput
+from duplex.errors import InvalidInput
 from duplex.orchestrator.asr import WhisperTranscriber
 from duplex.orchestrator.auth import Guard
 from duplex.orchestrator.config import OrchestratorConfig
+from duplex.orchestrator.events import json_schema
 from duplex.orchestrator.livekit_tokens import require_sdk, token_routes
 from duplex.orchestrator.metrics import OrchestratorMetrics
 from duplex.orchestrator.responder import make_responder
@@ -28,12 +27,10 @@ from duplex.orchestrator.router import (
     Router,
     StaticDirectory,
 )
-from duplex.orchestrator.session import (
-    ConversationSession,
-    Services,
-    apply_client_message,
-)
+from duplex.orchestrator.session import Services
 from duplex.orchestrator.tracing import Tracing
+from duplex.orchestrator.transport import Transport
+from duplex.orchestrator.transports import configured
 from duplex.orchestrator.vad import SileroModel
 from duplex.orchestrator.voice_sessions import VoiceSessions
 from duplex.tasks import TaskSet
@@ -46,68 +43,7 @@ log = logging.getLogger(__name__)
 WEB_DIR = Path(str(resources.files("duplex.orchestrator") / "web"))
 
 
-# RFC 6455 §7.4.1 "Try Again Later": the server cannot take the conversation now.
-CLOSE_BUSY = 1013
-CLOSE_POLICY = 1008  # "Policy Violation": the client broke the protocol's rules
-CLOSE_GOING_AWAY = 1001  # the server is shutting down
 SHUTDOWN_SECONDS = 2.0  # for conversations to say goodbye before the server stops
-_MAX_QUEUED = 1000  # events and 20 ms frames waiting for a client
-SHUTDOWN_EVENT = {"type": "session.ended", "reason": "the server is shutting down"}
-
-
-class _Close:
-    def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        self.reason = reason
-
-
-class WsOutput:
-    """Queues a session's events and audio; one writer task sends them in order."""
-
-    def __init__(self, ws: web.WebSocketResponse) -> None:
-        self._ws = ws
-        self._queue: asyncio.Queue[dict[str, Any] | bytes | _Close] = asyncio.Queue()
-        self.close: _Close | None = None  # set once the session asked to hang up
-        self.hung_up = asyncio.Event()  # ... and everything before that was sent
-
-    def send_event(self, event: dict[str, Any]) -> None:
-        self._put(event)
-
-    def send_audio(self, frame: PcmFrame) -> None:
-        self._put(frame.data)
-
-    def refuse(self, code: str, message: str) -> None:
-        self.hang_up({"type": "error", "code": code, "message": message}, CLOSE_BUSY, code)
-
-    def hang_up(self, event: dict[str, Any], code: int, reason: str) -> None:
-        """Send `event`, everything queued before it, then close with `code`."""
-        self._queue.put_nowait(event)
-        self._queue.put_nowait(_Close(code, reason))
-
-    def _put(self, item: dict[str, Any] | bytes) -> None:
-        if self.close is not None:
-            return
-        if self._queue.qsize() >= _MAX_QUEUED:
-            # The client stopped reading (20 s of audio waits for it): hang up on it rather
-            # than hold its backlog in memory.
-            self._queue.put_nowait(_Close(CLOSE_POLICY, "the client is not reading"))
-            self.close = _Close(CLOSE_POLICY, "the client is not reading")
-            return
-        self._queue.put_nowait(item)
-
-    async def write(self) -> None:
-        while True:
-            item = await self._queue.get()
-            if self._ws.closed:
-                return
-            if isinstance(item, bytes):
-                await self._ws.send_bytes(item)
-            elif isinstance(item, _Close):
-                self.close = self.close or item
-                self.hung_up.set()
-                return
-            else:
-                await self._ws.send_str(json.dumps(item))
 
 
 class Orchestrator:
@@ -137,9 +73,7 @@ class Orchestrator:
         )
         self._runner: web.AppRunner | None = None
         self._tasks = TaskSet("orchestrator")
-        self._sockets: set[WsOutput] = set()  # open WebSocket conversations
-        self._sockets_gone = asyncio.Event()
-        self.agent: LiveKitAgent | None = None
+        self.transports: list[Transport] = configured(self.services)
         self.port = config.port
         self.metrics_port: int | None = None
         self._health_runner: web.AppRunner | None = None
@@ -153,10 +87,12 @@ class Orchestrator:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self.guard.middleware])
         app.router.add_get("/", self._index)
-        app.router.add_get("/ws", self._websocket)
+        for transport in self.transports:
+            app.router.add_routes(transport.routes())
         if self.config.metrics_port is None:
             self._add_health(app)
         app.router.add_get("/api/models", self._models)
+        app.router.add_get("/api/schema", self._schema)
         app.router.add_routes(self.guard.routes())
         app.router.add_routes(token_routes(self.config.livekit))
         app.router.add_static("/static", WEB_DIR)
@@ -192,22 +128,23 @@ class Orchestrator:
             )
             await health_site.start()
             self.metrics_port = _bound_port(health_site, self.config.metrics_port)
-        if self.config.livekit is not None and self.config.livekit.agent:
-            from duplex.orchestrator.livekit_agent import LiveKitAgent
+        for transport in self.transports:
+            self._tasks.spawn(transport.run(), transport.name)
 
-            self.agent = LiveKitAgent(self.services, self.config.livekit)
-            self._tasks.spawn(self.agent.run(), "livekit-agent")
+    @property
+    def agent(self) -> LiveKitAgent | None:
+        """The LiveKit agent, when the orchestrator serves rooms."""
+        from duplex.orchestrator.livekit_agent import LiveKitAgent
+
+        found = [t for t in self.transports if t.name == LiveKitAgent.name]
+        return found[0] if found else None  # type: ignore[return-value]
 
     async def aclose(self) -> None:
         """Stop: every conversation is told and closed (WebSockets with 1001, rooms left)."""
-        for output in list(self._sockets):
-            output.hang_up(SHUTDOWN_EVENT, CLOSE_GOING_AWAY, "server shutting down")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SHUTDOWN_SECONDS):
-                while self._sockets:
-                    self._sockets_gone.clear()
-                    await self._sockets_gone.wait()
-        await self._tasks.aclose()  # leaves LiveKit rooms: their sessions end
+                await asyncio.gather(*(t.goodbye() for t in self.transports))
+        await self._tasks.aclose()  # transports leave what is left
         if self._runner is not None:
             await self._runner.cleanup()  # closes what is left
         if self._health_runner is not None:
@@ -241,6 +178,9 @@ class Orchestrator:
             body["degraded"] = degraded
         return web.json_response(body, status=200 if workers else 503)
 
+    async def _schema(self, request: web.Request) -> web.Response:
+        return web.json_response(json_schema())
+
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -273,67 +213,6 @@ class Orchestrator:
                     entry["devices"].append(device)  # where resident copies run
         listed = sorted(seen.values(), key=lambda m: (not m["resident"], m["model_id"]))
         return web.json_response({"models": listed, "default_model": self.config.default_model})
-
-    # -- WebSocket -------------------------------------------------------------------------
-
-    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
-        # Messages up to 4 MB are read so that an oversized one gets an error, not a hang-up.
-        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4 << 20)
-        await ws.prepare(request)
-        output = WsOutput(ws)
-        self._sockets.add(output)
-        try:
-            await self._converse(ws, output)
-        finally:
-            self._sockets.discard(output)
-            if not self._sockets:
-                self._sockets_gone.set()
-        return ws
-
-    async def _converse(self, ws: web.WebSocketResponse, output: WsOutput) -> None:
-        async with asyncio.TaskGroup() as tg:
-            writer = tg.create_task(output.write(), name="ws-writer")
-            reader = tg.create_task(self._read_client(ws, output), name="ws-reader")
-            hang_up = tg.create_task(output.hung_up.wait(), name="ws-hang-up")
-            try:
-                await asyncio.wait({reader, hang_up}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (reader, hang_up, writer):
-                    task.cancel()
-        if output.close is not None and not ws.closed:
-            # Closed from this task, not the reader's: aiohttp then waits for the client's
-            # close frame, so the client sees our code rather than a dropped connection.
-            await ws.close(code=output.close.code, message=output.close.reason.encode())
-
-    async def _read_client(self, ws: web.WebSocketResponse, output: WsOutput) -> None:
-        """The client's messages, until it leaves; a new session.start replaces the session."""
-        session: ConversationSession | None = None
-        runner: asyncio.Task[None] | None = None
-        try:
-            async with asyncio.TaskGroup() as tg:
-                async for msg in ws:
-                    try:
-                        if msg.type == WSMsgType.BINARY:
-                            if session is None:
-                                raise InvalidInput("send session.start before audio")
-                            session.feed_audio(msg.data)
-                        elif msg.type == WSMsgType.TEXT:
-                            start = await apply_client_message(msg.data, session, self.config)
-                            if start is not None:
-                                if runner is not None:
-                                    runner.cancel()
-                                session = ConversationSession(self.services, output, start)
-                                runner = tg.create_task(session.run(), name="session")
-                        elif msg.type == WSMsgType.ERROR:
-                            break
-                    except DuplexError as exc:
-                        self.metrics.errors.labels(exc.code).inc()
-                        output.send_event({"type": "error", "code": exc.code, "message": str(exc)})
-                if runner is not None:
-                    runner.cancel()
-        finally:
-            if runner is not None:
-                runner.cancel()
 
 
 def _bound_port(site: web.TCPSite, asked: int) -> int:

@@ -10,23 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from duplex.audio.frame import PcmFrame
 from duplex.audio.resample import StreamResampler
 from duplex.errors import AtCapacity, DuplexError, InvalidInput
 from duplex.logs import bind as bind_log_context
 from duplex.orchestrator.asr import ASR_RATE, Transcript, WhisperTranscriber
 from duplex.orchestrator.config import OrchestratorConfig
+from duplex.orchestrator.events import (
+    BargeIn,
+    ErrorEvent,
+    ReplyText,
+    SessionStarted,
+    StartSession,
+    StateChanged,
+    TranscriptText,
+)
 from duplex.orchestrator.metrics import OrchestratorMetrics
 from duplex.orchestrator.reply import Reply
 from duplex.orchestrator.responder import Message, Responder
@@ -38,6 +45,9 @@ from duplex.orchestrator.turn import TurnPolicy, is_backchannel, transcript_sile
 from duplex.orchestrator.vad import SileroModel, SileroVad, VadKind
 from duplex.orchestrator.voice_sessions import VoiceSessions
 from duplex.tasks import TaskSet
+
+if TYPE_CHECKING:
+    from duplex.orchestrator.transport import Output
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +83,6 @@ _GLIMPSE_UNTIL = 0.7
 _GLIMPSE_DUTY = 0.5
 
 
-class SessionOutput(Protocol):
-    """Where a session's output goes. The calls queue and return at once, in order."""
-
-    def send_event(self, event: dict[str, Any]) -> None: ...
-    def send_audio(self, frame: PcmFrame) -> None: ...
-
-    def refuse(self, code: str, message: str) -> None:
-        """The conversation cannot be served (no room): tell the client, then hang up."""
-
-
 @dataclass
 class Services:
     """What every session of an orchestrator process shares."""
@@ -107,52 +107,24 @@ class SessionStart:
     language: str | None = None
 
     @classmethod
-    def parse(cls, event: dict[str, Any], config: OrchestratorConfig) -> SessionStart:
-        rate = event.get("sample_rate")
-        if rate not in SUPPORTED_RATES:
+    def parse(cls, msg: StartSession, config: OrchestratorConfig) -> SessionStart:
+        """The client's `session.start`, judged and completed with the server's defaults."""
+        if msg.sample_rate not in SUPPORTED_RATES:
             raise InvalidInput(
-                f"sample_rate must be one of {', '.join(map(str, SUPPORTED_RATES))}, got {rate!r}"
+                f"sample_rate must be one of {', '.join(map(str, SUPPORTED_RATES))}, "
+                f"got {msg.sample_rate!r}"
             )
-        model = event.get("model") or config.default_model
-        voice = event.get("voice") or (
-            config.default_voice if model == config.default_model else None
-        )
-        language = event.get("language") or config.language
+        model = msg.model or config.default_model
+        voice = msg.voice or (config.default_voice if model == config.default_model else None)
+        language = msg.language or config.language
         for name, value in (("model", model), ("voice", voice), ("language", language)):
-            if value is not None and not isinstance(value, str):
-                raise InvalidInput(f"{name} must be a string")
-            if isinstance(value, str) and len(value) > _FIELD_CHARS:
+            if value is not None and len(value) > _FIELD_CHARS:
                 raise InvalidInput(f"{name} exceeds {_FIELD_CHARS} characters")
-        return cls(int(rate), str(model), voice, language)
-
-
-async def apply_client_message(
-    data: str, session: ConversationSession | None, config: OrchestratorConfig
-) -> SessionStart | None:
-    """Act on one client message (JSON text); a `session.start` is returned for the caller,
-    which owns sessions, to start (replacing the current one)."""
-    try:
-        event = json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
-    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-        raise InvalidInput('a text message is a JSON object with a "type"')
-    kind = event["type"]
-    if kind == "session.start":
-        return SessionStart.parse(event, config)
-    if session is None:
-        raise InvalidInput(f"send session.start before {kind!r}")
-    if kind == "text":
-        await session.submit_text(event.get("text"))  # type: ignore[arg-type]
-    elif kind == "control":
-        await session.control(str(event.get("command")))
-    else:
-        raise InvalidInput(f"unknown message type {kind!r}; valid: session.start, text, control")
-    return None
+        return cls(msg.sample_rate, model, voice, language)
 
 
 class ConversationSession:
-    def __init__(self, services: Services, output: SessionOutput, start: SessionStart) -> None:
+    def __init__(self, services: Services, output: Output, start: SessionStart) -> None:
         self.id = uuid.uuid4().hex[:12]
         self._s = services
         self._out = output
@@ -238,7 +210,7 @@ class ConversationSession:
                 f"text of {len(text)} characters exceeds {self._s.config.max_text_chars}"
             )
         await self._interrupt()
-        self._out.send_event({"type": "transcript", "text": text, "final": True})
+        self._out.event(TranscriptText(text, final=True))
         self._begin_reply(text, ended_at=time.monotonic())
 
     async def control(self, command: str) -> None:
@@ -247,10 +219,10 @@ class ConversationSession:
             await self._interrupt()
         elif command == "pause" and reply and self._machine.state == State.SPEAKING:
             reply.pause()
-            self._out.send_event({"type": "playback", "action": "pause"})
+            self._out.pause()
         elif command == "resume" and reply:
             reply.resume()
-            self._out.send_event({"type": "playback", "action": "resume"})
+            self._out.resume()
         elif command not in ("pause", "resume"):
             raise InvalidInput(f"unknown control command {command!r}; valid: stop, pause, resume")
 
@@ -272,15 +244,8 @@ class ConversationSession:
                 await self._error(exc.code, str(exc))
                 return
             self._admitted.set()
-            self._out.send_event(
-                {
-                    "type": "session.started",
-                    "session_id": self.id,
-                    "model": self.start.model,
-                    "speaking_with": session.model,
-                }
-            )
-            self._out.send_event({"type": "state", "state": self._machine.state.value})
+            self._out.event(SessionStarted(self.id, self.start.model, session.model))
+            self._out.event(StateChanged(self._machine.state.value))
             await self._listen()
         finally:
             await self._tasks.aclose()
@@ -532,7 +497,7 @@ class ConversationSession:
             return
         if self._reply is not None:
             await self._interrupt()
-        self._out.send_event({"type": "transcript", "text": text, "final": True})
+        self._out.event(TranscriptText(text, final=True))
         self._begin_reply(text, ended_at, asr=self._asr_span)
 
     def _cut_turn(self, now: float) -> None:
@@ -551,7 +516,7 @@ class ConversationSession:
             return
         text = (await task).text
         if text and self._speech:
-            self._out.send_event({"type": "transcript", "text": text, "final": False})
+            self._out.event(TranscriptText(text, final=False))
 
     def _silent_for(self, now: float) -> float:
         if self._silence_since is None:
@@ -582,7 +547,7 @@ class ConversationSession:
         assert self._reply is not None
         gain = self._s.config.barge_in.duck_gain
         self._reply.duck(gain)
-        self._out.send_event({"type": "playback", "action": "duck", "gain": gain})
+        self._out.duck(gain)
         self._barge_started = time.monotonic()
         self._barge_onset = onset
         self._barge_onset_audio = onset_audio
@@ -598,12 +563,12 @@ class ConversationSession:
         paused = time.monotonic()
         onset = self._barge_onset
         self._reply.trace.barge_in(onset, paused)
-        self._out.send_event({"type": "playback", "action": "pause"})
+        self._out.pause()
         # From the arrival of the audio that holds the onset: the VAD's own delay, any backlog
         # in front of it and the time to act all count.
         latency = paused - onset
         self._s.metrics.barge_in.observe(latency)
-        self._out.send_event({"type": "barge_in", "latency_ms": round(latency * 1000, 1)})
+        self._out.event(BargeIn(round(latency * 1000, 1)))
 
     def _observe_audio_stop(self, reply: Reply | None) -> None:
         """Once the interruption is judged: onset → the last reply frame handed to the transport."""
@@ -687,7 +652,7 @@ class ConversationSession:
         self._reply.resume(judged=False)
         self._barge_paused = False
         self._barge_waved = True
-        self._out.send_event({"type": "playback", "action": "resume"})
+        self._out.resume()
 
     async def _resume_after_false_alarm(self, text: str) -> None:
         self._reset_utterance()
@@ -699,11 +664,11 @@ class ConversationSession:
             return
         if self._barge_paused:
             reply.resume()
-            self._out.send_event({"type": "playback", "action": "resume"})
+            self._out.resume()
         else:
             reply.trace.barge_in_judged("resumed")
         reply.duck(1.0)
-        self._out.send_event({"type": "playback", "action": "duck", "gain": 1.0})
+        self._out.duck(1.0)
         self._barge_paused = False
         self._machine.to(State.SPEAKING)
         log.info("resumed after %r", text)
@@ -727,12 +692,13 @@ class ConversationSession:
         self._reply = self._reply_task = None
         if reply is None or task is None:
             return
-        self._out.send_event({"type": "playback", "action": "flush"})
+        unheard = self._out.unheard_seconds()
+        self._out.flush()
         await reply.stop()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        self._remember(reply, complete=False)
+        self._remember(reply, complete=False, unheard=unheard)
 
     # -- replies -----------------------------------------------------------------------------
 
@@ -749,12 +715,12 @@ class ConversationSession:
             self._s.metrics.voice_to_voice.observe(trace.voice_to_voice or 0.0)
             if self._machine.state == State.THINKING:
                 self._machine.to(State.SPEAKING)
-            self._out.send_event(trace.metrics_event())
+            self._out.event(trace.metrics())
 
         reply = Reply(
             link=self._link,
             lead_seconds=self._s.config.client_lead_ms / 1000,
-            send_audio=self._out.send_audio,
+            send_audio=self._out.play,
             on_text=self._send_reply_text,
             on_first_frame=first_frame,
             tasks=self._tasks,
@@ -764,7 +730,7 @@ class ConversationSession:
         self._reply_task = self._tasks.spawn(self._speak(reply, history, user_text), "reply")
 
     def _send_reply_text(self, text: str) -> None:
-        self._out.send_event({"type": "reply", "text": text})
+        self._out.event(ReplyText(text))
 
     async def _speak(self, reply: Reply, history: list[Message], user_text: str) -> None:
         bind_log_context(
@@ -785,22 +751,14 @@ class ConversationSession:
         if self._reply is not reply:
             return  # interrupted: the interrupter took over
         self._reply = self._reply_task = None
-        self._remember(reply, complete)
+        self._remember(reply, complete, unheard=self._out.unheard_seconds())
         if self._machine.state != State.LISTENING:
             self._machine.to(State.LISTENING)
-        # `frames`: how many this reply sent, so that a client can tell whether it got them all.
-        self._out.send_event(
-            {
-                "type": "reply",
-                "text": reply.text.text,
-                "final": True,
-                "frames": reply.stats.frames_sent,
-            }
-        )
+        self._out.event(ReplyText(reply.text.text, final=True, frames=reply.stats.frames_sent))
 
-    def _remember(self, reply: Reply, complete: bool) -> None:
+    def _remember(self, reply: Reply, complete: bool, unheard: float) -> None:
         """History keeps only what the user heard of the reply."""
-        heard = reply.heard_text(complete)
+        heard = reply.heard_text(complete, unheard)
         if heard:
             self._history.append(Message("assistant", heard if complete else heard + " …"))
         del self._history[: max(0, len(self._history) - 2 * _HISTORY_TURNS)]
@@ -808,11 +766,11 @@ class ConversationSession:
     # -- plumbing ----------------------------------------------------------------------------
 
     def _on_state(self, old: State, new: State) -> None:
-        self._out.send_event({"type": "state", "state": new.value})
+        self._out.event(StateChanged(new.value))
 
     async def _error(self, code: str, message: str) -> None:
         self._s.metrics.errors.labels(code).inc()
-        self._out.send_event({"type": "error", "code": code, "message": message})
+        self._out.event(ErrorEvent(code, message))
 
 
 def _dbfs(audio: npt.NDArray[np.float32]) -> float:

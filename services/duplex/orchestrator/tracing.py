@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from duplex.errors import DuplexError
+from duplex.orchestrator.events import TurnMetrics
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -199,14 +200,13 @@ class TurnTrace:
             turn["trace_id"] = self.trace_id
         return turn
 
-    def metrics_event(self) -> dict[str, Any]:
+    def metrics(self) -> TurnMetrics:
         """The client's `metrics` event, once the first frame is out."""
         v2v = self.voice_to_voice
-        return {
-            "type": "metrics",
-            "voice_to_voice_ms": None if v2v is None else _ms(v2v),
-            "turn": self.breakdown(),
-        }
+        return TurnMetrics(None if v2v is None else _ms(v2v), self.breakdown())
+
+    def metrics_event(self) -> dict[str, Any]:
+        return self.metrics().to_json()
 
     # -- the end -------------------------------------------------------------------------
 

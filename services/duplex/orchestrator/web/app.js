@@ -64,6 +64,7 @@ const S = {
   model: null,
   paused: false,
   log: [],
+  sent: [], // the messages this page sent, for the same tests
   framesReceived: 0,
   framesSent: 0,
   framesPlayed: 0,
@@ -626,7 +627,7 @@ function openSocket() {
   // Each handler ignores events from a socket that was replaced (model switch, stop).
   ws.onopen = () => {
     if (ws !== S.ws) return;
-    ws.send(JSON.stringify(sessionStartMessage())); // must be the first message
+    ws.send(JSON.stringify(noteSent(sessionStartMessage()))); // must be the first message
     S.connected = true;
     setConn('connected');
     updateControls();
@@ -795,7 +796,14 @@ function onReply(msg) {
   if (msg.final) closeBotBubble(false);
 }
 
+function noteSent(obj) {
+  S.sent.push(obj);
+  if (S.sent.length > LOG_CAP) S.sent.splice(0, S.sent.length - LOG_CAP);
+  return obj;
+}
+
 function sendJson(obj) {
+  noteSent(obj);
   if (S.transport === 'livekit') {
     if (!S.room || !S.connected) return false;
     const data = new TextEncoder().encode(JSON.stringify(obj));
@@ -993,6 +1001,7 @@ window.addEventListener('pagehide', () => {
 window.duplex = {
   get state() { return S.state; },
   get log() { return S.log; },
+  get sent() { return S.sent; },
   get framesPlayed() { return S.framesPlayed; },
   get framesReceived() { return S.framesReceived; },
   get framesSent() { return S.framesSent; },

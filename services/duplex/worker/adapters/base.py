@@ -96,6 +96,8 @@ class TtsAdapter(ABC):
     # Synthesised once each at load, after the first (which calibrates loudness): a family
     # whose runtime keeps memory sized by its largest input warms up on a long sentence too.
     warmup_texts: ClassVar[tuple[str, ...]] = (WARMUP_TEXT,)
+    # A family for tests only (no weights): served only with `test_models`, not in the CRD.
+    test_only: ClassVar[bool] = False
 
     def __init__(self, spec: ModelSpec, device: Device = CPU) -> None:
         self.spec = spec

@@ -21,6 +21,7 @@ _GAP_SECONDS = 0.05
 
 class ToneAdapter(TtsAdapter):
     family = "tone"
+    test_only = True
     thread_safe = True
 
     @property
