@@ -16,8 +16,8 @@ import pytest
 
 from duplex.kube import KubeClient
 from duplex.livekit_server import LiveKitServer
-from duplex.localredis import RedisServer
-from duplex_operator.devcluster import KubeApiServer, KubeControlPlane, locate_binaries
+from duplex.testing.apiserver import KubeApiServer, KubeControlPlane, locate_binaries
+from duplex.testing.redis_server import RedisServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("KOKORO_JA_CACHE", str(Path.home() / ".cache" / "duplex" / "kokoro"))

@@ -22,9 +22,10 @@ import yaml
 
 from duplex.discovery import WorkerRecord, worker_key
 from duplex.kube import KubeClient
-from duplex_operator.devcluster import KubeApiServer
-from duplex_operator.devkubelet import DevKubelet
-from duplex_operator.resources import WORKER_SELECTOR, parse_time
+from duplex.modelset import WORKER_SELECTOR
+from duplex.testing.apiserver import KubeApiServer
+from duplex.testing.kubelet import DevKubelet
+from duplex_operator.resources import parse_time
 from tests.kubeconfigs import exec_kubeconfig
 
 T = TypeVar("T")

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from duplex_operator.devcluster import KubeApiServer
+from duplex.testing.apiserver import KubeApiServer
 
 PLUGIN = Path(__file__).with_name("exec_credential_plugin.py")
 

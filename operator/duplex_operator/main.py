@@ -25,11 +25,12 @@ import kopf
 
 from duplex import __version__
 from duplex.kube import KubeClient
+from duplex.modelset import COMPONENT_LABEL
 from duplex_operator.config import OperatorConfig
 from duplex_operator.leader import LeaderElector
 from duplex_operator.metrics import MetricsServer, OperatorMetrics
 from duplex_operator.reconciler import LeadershipLost, Reconciler
-from duplex_operator.resources import COMPONENT_LABEL, GROUP, TTSMODELS, VERSION, VOICESESSIONS
+from duplex_operator.resources import GROUP, TTSMODELS, VERSION, VOICESESSIONS
 
 log = logging.getLogger(__name__)
 

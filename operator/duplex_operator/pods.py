@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 from duplex.modelset import (
+    COMPONENT_LABEL,
     MODEL_ADDED,
     MODEL_SET,
     MODEL_SPECS,
@@ -16,7 +17,6 @@ from duplex.modelset import (
 from duplex_operator.config import GPU_RESOURCE, OperatorConfig, SecretKey, WorkerPool
 from duplex_operator.resources import (
     API_VERSION,
-    COMPONENT_LABEL,
     POOL_LABEL,
     TtsModel,
 )

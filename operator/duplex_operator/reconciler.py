@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from duplex.discovery import EVENTS_CHANNEL, KEY_PREFIX, WorkerRecord
 from duplex.kube import KubeApiError, KubeClient, sleep_backoff
+from duplex.modelset import WORKER_SELECTOR
 from duplex_operator.config import OperatorConfig, redacted
 from duplex_operator.metrics import OperatorMetrics
 from duplex_operator.planner import Event, Plan, Planner, World
@@ -35,7 +36,6 @@ from duplex_operator.resources import (
     POOL_LABEL,
     TTSMODELS,
     VOICESESSIONS,
-    WORKER_SELECTOR,
     InvalidObject,
     TtsModel,
     VoiceSession,

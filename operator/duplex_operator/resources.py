@@ -31,8 +31,6 @@ TTSMODELS = "ttsmodels"
 VOICESESSIONS = "voicesessions"
 
 POOL_LABEL = "duplex.dev/pool"
-COMPONENT_LABEL = "app.kubernetes.io/component"
-WORKER_SELECTOR = f"app.kubernetes.io/name=duplex,{COMPONENT_LABEL}=worker"
 
 FINAL_PHASES = frozenset({"Ended", "Failed"})
 # The annotations of one Pod may total 256 KiB (keys and values). The model-set annotations

@@ -22,6 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from duplex.worker.adapters.base import ModelSpec
 
+# Worker Pods carry these labels; the operator lists them with this selector.
+COMPONENT_LABEL = "app.kubernetes.io/component"
+WORKER_SELECTOR = f"app.kubernetes.io/name=duplex,{COMPONENT_LABEL}=worker"
+
 MODEL_SET = "duplex.dev/model-set"
 MODEL_SPECS = "duplex.dev/model-specs"
 MODEL_ADDED = "duplex.dev/model-added"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from duplex_operator.devcluster import locate_binaries
+from duplex.testing.apiserver import locate_binaries
 from tests.cluster.conftest import (
     ROOT,
     Cluster,

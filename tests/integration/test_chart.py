@@ -39,9 +39,9 @@ from duplex.orchestrator.voice_sessions import VoiceSessions
 from duplex.ports import free_ports
 from duplex.rpc.client import TtsClient
 from duplex.rpc.security import ClientTls
+from duplex.testing.apiserver import KubeApiServer, locate_binaries
+from duplex.testing.kubelet import DevKubelet
 from duplex_operator.config import GPU_RESOURCE, OperatorConfig, SecretKey
-from duplex_operator.devcluster import KubeApiServer, locate_binaries
-from duplex_operator.devkubelet import DevKubelet
 from duplex_operator.pods import own_account, worker_account, worker_pod
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -425,7 +425,7 @@ def test_orchestrator_command_line_service_and_probes(helm: Path, tmp_path: Path
 
 
 def test_orchestrator_serves_livekit_rooms_when_it_has_a_public_url(helm: Path) -> None:
-    from duplex.cli import _orchestrator_config
+    from duplex.commands.orchestrator import config_from as _orchestrator_config
 
     base = ["livekit.enabled=true", "livekit.existingSecret=lk-keys"]
     # Without a URL browsers can reach, the server runs but the orchestrator stays on /ws.

@@ -29,10 +29,10 @@ import yaml
 from duplex.kube import KubeApiError, KubeClient
 from duplex.rpc.client import TtsClient
 from duplex.rpc.security import ClientTls
+from duplex.testing.apiserver import KubeApiServer
 from duplex.worker.config import WorkerConfig
 from duplex.worker.server import Worker
 from duplex_operator.config import OperatorConfig
-from duplex_operator.devcluster import KubeApiServer
 from duplex_operator.pods import worker_account, worker_pod
 from tests.integration.test_chart import (
     CHART,

@@ -18,8 +18,8 @@ import pytest
 
 from duplex.bench.livekit_client import room_token
 from duplex.livekit_server import LiveKitServer
-from duplex.localredis import RedisServer
 from duplex.rpc.client import TtsClient
+from duplex.testing.redis_server import RedisServer
 from tests.processes import ServiceProcess, address, orchestrator, worker
 
 STORY = "Please tell me a story."

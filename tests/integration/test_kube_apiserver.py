@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from duplex.kube import KubeClient, KubeResponse
-from duplex_operator.devcluster import KubeApiServer
+from duplex.testing.apiserver import KubeApiServer
 from duplex_operator.resources import ENTRY_LIMIT, parse_model
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"

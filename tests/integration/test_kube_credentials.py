@@ -20,7 +20,7 @@ import yaml
 from aiohttp import web
 
 from duplex.kube import KubeClient, KubeSource
-from duplex_operator.devcluster import CERT_USER, OIDC_USER, PLUGIN_USER, KubeApiServer
+from duplex.testing.apiserver import CERT_USER, OIDC_USER, PLUGIN_USER, KubeApiServer
 from tests.kubeconfigs import exec_kubeconfig, exec_user
 
 REVIEW = "/apis/authentication.k8s.io/v1/selfsubjectreviews"

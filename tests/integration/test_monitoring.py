@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from duplex.cli import build_parser
+from duplex.testing.apiserver import locate_binaries
 from duplex_operator.config import OperatorConfig
-from duplex_operator.devcluster import locate_binaries
 from duplex_operator.pods import worker_pod
 from tests.promql import dashboard_targets, grouping_labels, legend_labels, metrics_of
 

@@ -30,7 +30,7 @@ from duplex.clients.talk import SEND_RATE, turn_line
 from duplex.orchestrator.tracing import STAGES
 from duplex.ports import free_ports
 from duplex.rpc.client import TtsClient
-from duplex_operator.devcluster import locate_binaries
+from duplex.testing.apiserver import locate_binaries
 from duplex_operator.metrics import OperatorMetrics
 from tests import processes
 from tests.otlp import Collector

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from duplex.modelset import MODEL_SET
-from duplex_operator.devcluster import PLUGIN_USER, KubeApiServer
+from duplex.testing.apiserver import PLUGIN_USER, KubeApiServer
 from tests.conftest import RedisServer
 from tests.kube_cluster import (
     Cluster,

@@ -11,7 +11,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from duplex.ports import free_ports
-from duplex_operator.devcluster import KubeApiServer
+from duplex.testing.apiserver import KubeApiServer
 from tests.conftest import RedisServer
 from tests.kube_cluster import running_cluster
 

@@ -1,8 +1,8 @@
 """A reconcile pass over a large namespace writes only what changed (a real kube-apiserver).
 
-The scale bench's synthetic world (duplex.bench.scale) at a tenth of its size: every session
-bound and served, then one change of each kind. Its timings are the bench's to report; what is
-asserted here is how many writes each pass makes.
+The scale bench's synthetic world (duplex_operator.bench.scale) at a tenth of its size: every
+session bound and served, then one change of each kind. Its timings are the bench's to report;
+what is asserted here is how many writes each pass makes.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from duplex.bench.scale import Scale, ScaleWorld
 from duplex.kube import KubeClient
-from duplex.localredis import RedisServer
-from duplex_operator.devcluster import KubeApiServer
+from duplex.testing.apiserver import KubeApiServer
+from duplex.testing.redis_server import RedisServer
+from duplex_operator.bench.scale import Scale, ScaleWorld
 
 SCALE = Scale(models=20, pods=10, sessions=200)
 

@@ -25,7 +25,7 @@ from duplex.orchestrator.router import ClientPool, RedisDirectory, Router
 from duplex.orchestrator.tts_link import TtsLink
 from duplex.orchestrator.voice_sessions import OWNER_LABEL, Claim, VoiceSessions
 from duplex.tasks import TaskSet
-from duplex_operator.devcluster import KubeApiServer
+from duplex.testing.apiserver import KubeApiServer
 from tests.conftest import RedisServer
 from tests.kube_cluster import Cluster, in_phase, model_spec, running_cluster, when_true
 

@@ -15,9 +15,9 @@ from duplex.discovery import session_id_for, voice_session_of
 from duplex.kube import KubeApiError, KubeClient
 from duplex.modelset import MODEL_SET, MODEL_SPECS
 from duplex.rpc.client import TtsClient
+from duplex.testing.apiserver import KubeApiServer
 from duplex.worker.config import WorkerConfig
 from duplex.worker.server import Worker
-from duplex_operator.devcluster import KubeApiServer
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from duplex.cli import _orchestrator_config, build_parser
+from duplex.cli import build_parser
+from duplex.commands.orchestrator import config_from as _orchestrator_config
 
 FILE_SECRET = "f" * 48
 ENV_SECRET = "e" * 48

@@ -28,10 +28,11 @@ from livekit import rtc
 
 from duplex.audio.frame import FRAME_SAMPLES, FRAME_SECONDS, SAMPLE_RATE, PcmFrame
 from duplex.errors import InvalidInput
+from duplex.orchestrator.conversation import Conversation
 from duplex.orchestrator.events import SHUTDOWN, ErrorEvent, Playback, ServerEvent, StartSession
 from duplex.orchestrator.livekit_tokens import AGENT_NAME, LiveKitConfig
 from duplex.orchestrator.session import Services, SessionStart
-from duplex.orchestrator.transport import Conversation, Output
+from duplex.orchestrator.transport import Output
 from duplex.tasks import TaskSet
 
 log = logging.getLogger(__name__)

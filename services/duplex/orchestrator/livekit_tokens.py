@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -111,6 +112,26 @@ def _signed(
 def credentials(key: str | None, secret: str | None) -> tuple[str | None, str | None]:
     """An API key and secret from flags, else from LiveKit's usual environment variables."""
     return key or os.environ.get("LIVEKIT_API_KEY"), secret or os.environ.get("LIVEKIT_API_SECRET")
+
+
+def merge_settings(
+    configured: LiveKitConfig | None, flags: Mapping[str, str | None]
+) -> LiveKitConfig | None:
+    """The LiveKit settings from flags, then the config file, then LiveKit's usual environment
+    variables (a LIVEKIT_API_SECRET exported for another server must not override the file's).
+    Keys in the environment alone do not switch LiveKit on: a URL must come from somewhere."""
+    if configured is None and not flags.get("url"):
+        return None
+    merged = {
+        **(configured.model_dump() if configured else {}),
+        **{k: v for k, v in flags.items() if v},
+    }
+    key, secret = credentials(merged.get("api_key"), merged.get("api_secret"))
+    merged.update({k: v for k, v in (("api_key", key), ("api_secret", secret)) if v})
+    try:
+        return LiveKitConfig.model_validate(merged)
+    except ValueError as exc:
+        raise InvalidInput(f"invalid LiveKit settings: {exc}") from exc
 
 
 def require_sdk() -> None:

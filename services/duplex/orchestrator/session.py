@@ -15,7 +15,6 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -35,28 +34,31 @@ from duplex.orchestrator.events import (
     TranscriptText,
 )
 from duplex.orchestrator.metrics import OrchestratorMetrics
+from duplex.orchestrator.policy import (
+    Act,
+    Heard,
+    Interruption,
+    Listening,
+    end_of_turn,
+    judge_interruption,
+)
 from duplex.orchestrator.reply import Reply
 from duplex.orchestrator.responder import Message, Responder
 from duplex.orchestrator.router import ClientPool, Router
 from duplex.orchestrator.state import State, StateMachine
 from duplex.orchestrator.tracing import Tracing
+from duplex.orchestrator.transport import Output
 from duplex.orchestrator.tts_link import TtsLink
-from duplex.orchestrator.turn import TurnPolicy, is_backchannel, transcript_silence, words
+from duplex.orchestrator.turn import TurnPolicy, words
 from duplex.orchestrator.vad import SileroModel, SileroVad, VadKind
 from duplex.orchestrator.voice_sessions import VoiceSessions
 from duplex.tasks import TaskSet
-
-if TYPE_CHECKING:
-    from duplex.orchestrator.transport import Output
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 _PREROLL_SECONDS = 0.3  # audio kept from before the VAD fired: onsets are detected late
 _HISTORY_TURNS = 20
-# Whisper's confidence below which a word heard over the bot is too unclear to count as an
-# interruption: on a grunt it guesses ("Oh", "I'll").
-_UNCLEAR = 0.4
 # No audio for this long while the VAD hears speech: the client stopped sending mid-sentence
 # (a dropped connection, a muted tab, the end of a file), and the speech ended with it.
 _STALL_SECONDS = 0.5
@@ -74,12 +76,8 @@ _FIELD_CHARS = 128  # model, voice and language names
 _BACKGROUND_HOLD_SECONDS = 3.0
 _NEAR_USER_DB = 8.0
 _TAKEOVER_FRAMES = 3  # 60 ms
-# A paused reply resumes only after this much silence: an unclear first word ("Wait,") can be
-# judged before the rest of an interruption, and resuming then would play a burst of reply.
-_RESUME_HOLD = 0.4
-# Backchannels are short: speech over the reply that has gone on this long without reading as
-# one is judged when it ends.
-_GLIMPSE_UNTIL = 0.7
+# Looks at the words over the reply while they are said (backchannels are short, so looks are
+# few) may take this larger share of the ASR.
 _GLIMPSE_DUTY = 0.5
 
 
@@ -446,50 +444,51 @@ class ConversationSession:
         if self._machine.state == State.BARGED_IN:
             await self._judge_interruption(speaking, now)
             return
-        if not self._speech:
-            return
-        if self._background:
-            if not speaking:
-                self._background_until = self._vad.now + _BACKGROUND_HOLD_SECONDS
-                self._reset_utterance()  # speech not meant for the bot: no turn
-            return
-        if speaking:
-            if now - self._speech_started > self._policy.max_turn_seconds:
-                self._cut_turn(now)
-                return
-            # Transcribe while the user talks: partial transcripts, and a head start at the end.
-            # Not too often: a partial still running when the speech ends delays the answer.
-            if (
-                now - self._speech_started > 1.5
-                and now >= self._next_early_asr
-                and (self._transcript is None or self._transcript.done())
-                and sum(a.size for a in self._speech) - self._transcript_len > ASR_RATE * 1.2
-            ):
-                self._start_transcript(early=True)
-                self._tasks.spawn(self._send_partial(self._transcript), "partial")
-            return
-        if self._silence_since is None:
-            return
-        task = self._transcript
-        if task is None or not task.done():
-            return
-        # A transcription that started before the speech ended misses its tail: redo it.
-        if self._transcript_len < self._spoken_len - ASR_RATE * 0.05:
+        act = end_of_turn(self._listening(speaking, now), self._policy)
+        if act is Act.DROP_BACKGROUND:
+            self._background_until = self._vad.now + _BACKGROUND_HOLD_SECONDS
+            self._reset_utterance()  # speech not meant for the bot: no turn
+        elif act is Act.CUT:
+            self._cut_turn(now)
+        elif act is Act.PARTIAL:
+            self._start_transcript(early=True)
+            self._tasks.spawn(self._send_partial(self._transcript), "partial")
+        elif act is Act.TRANSCRIBE:
             self._start_transcript()
-            return
-        transcript = _result(task)
-        text = transcript.text
-        if not words(text):
-            self._reset_utterance()  # noise: nothing was said
-            return
-        if self._silent_for(now) < transcript_silence(transcript, self._policy):
-            return
-        if self._vad.resuming:
-            return  # the user may be going on: the VAD will say at its next window
-        ended_at = self._silence_since
-        self._learn_user_level()
-        self._reset_utterance()
-        await self._take_turn(text, ended_at)
+        elif act is Act.NOISE:
+            self._reset_utterance()  # nothing was said
+        elif act is Act.TAKE_TURN:
+            assert self._transcript is not None and self._silence_since is not None
+            text = _result(self._transcript).text
+            ended_at = self._silence_since
+            self._learn_user_level()
+            self._reset_utterance()
+            await self._take_turn(text, ended_at)
+
+    def _listening(self, speaking: bool, now: float) -> Listening:
+        """What the listener knows now, for the policy."""
+        task = self._transcript
+        heard = None
+        if task is not None and task.done():
+            # A transcription that started before the speech ended misses its tail.
+            complete = self._transcript_len >= self._spoken_len - ASR_RATE * 0.05
+            heard = Heard(_result(task), complete)
+        samples = sum(a.size for a in self._speech)
+        return Listening(
+            speaking=speaking,
+            pausing=self._vad.pausing,
+            resuming=self._vad.resuming,
+            has_speech=bool(self._speech),
+            ending=self._silence_since is not None,
+            silent_for=self._silent_for(now),
+            speech_for=now - self._speech_started,
+            utterance_seconds=samples / ASR_RATE - _PREROLL_SECONDS,
+            untranscribed=(samples - self._transcript_len) / ASR_RATE,
+            heard=heard,
+            transcribing=task is not None and not task.done(),
+            may_look=now >= self._next_early_asr,
+            background=self._background,
+        )
 
     async def _take_turn(self, text: str, ended_at: float) -> None:
         """The user's turn is over: answer it (a reply still going gives way to it)."""
@@ -579,73 +578,35 @@ class ConversationSession:
         )
 
     async def _judge_interruption(self, speaking: bool, now: float) -> None:
-        cfg = self._s.config.barge_in
-        if speaking and self._reply is not None:
-            if self._barge_waved_on_pause and not self._vad.pausing:
-                # The voice came back after what read as an "uh-huh": new speech over the reply.
+        barge = Interruption(
+            heard_for=self._vad.now - self._barge_onset_audio,
+            elapsed=now - self._barge_started,
+            reply_on=self._reply is not None,
+            paused=self._barge_paused,
+            waved=self._barge_waved,
+            waved_on_pause=self._barge_waved_on_pause,
+        )
+        listening = self._listening(speaking, now)
+        for act in judge_interruption(listening, barge, self._s.config.barge_in):
+            if act is Act.NEW_ONSET:
                 self._barge_waved = self._barge_waved_on_pause = False
                 self._barge_onset, self._barge_onset_audio = now, self._vad.now
-            heard_for = self._vad.now - self._barge_onset_audio
-            if (
-                not (self._barge_paused or self._barge_waved)
-                and heard_for >= cfg.pause_after_seconds
-            ):
+            elif act is Act.SILENCE:
                 self._silence_reply()
-            if self._barge_paused and cfg.glimpse_after_seconds <= heard_for < _GLIMPSE_UNTIL:
-                self._glimpse()
-        elapsed = now - self._barge_started
-        if speaking and elapsed < cfg.confirm_after_seconds:
-            return
-        if speaking:  # long enough to be meant: take the floor
-            await self._confirm_interruption()
-            return
-        task = self._transcript
-        if task is None or not task.done():
-            if task is None:
+            elif act is Act.WAVE_ON:
+                self._wave_on()
+            elif act is Act.WAVE_ON_WATCHING:
+                self._wave_on()
+                self._barge_waved_on_pause = True
+            elif act is Act.LOOK:
+                self._start_transcript(early=True, duty=_GLIMPSE_DUTY)
+            elif act is Act.TRANSCRIBE:
                 self._start_transcript()
-            return
-        # A speculative transcript from before the speech ended misses its tail: redo it, or
-        # "Wait, stop" judged on "Wai-" sounds like a cough and the reply resumes.
-        if self._transcript_len < self._spoken_len - ASR_RATE * 0.05:
-            if self._barge_paused and is_backchannel(_result(task).text):
-                self._wave_on()  # lowered while the whole of it is judged
-            self._start_transcript()
-            return
-        transcript = _result(task)
-        text = transcript.clear(_UNCLEAR)
-        duration = sum(a.size for a in self._speech) / ASR_RATE - _PREROLL_SECONDS
-        if duration >= cfg.min_speech_seconds and words(text) and not is_backchannel(text):
-            await self._confirm_interruption()
-        elif is_backchannel(text) or self._silent_for(now) >= _RESUME_HOLD:
-            # A clear "uh-huh" resumes at once; nothing clear (a cough, or an unclear first
-            # word like "Wait,") only after a pause long enough to show nothing follows.
-            await self._resume_after_false_alarm(transcript.text)
-        elif self._barge_paused and is_backchannel(transcript.text):
-            # No more than a doubtful backchannel ("uh-huh" as "ah"): play on, lowered, while
-            # the pause shows whether more follows. No word at all stays silent: over WebRTC
-            # that is how Whisper often hears "Wait," before the rest of an interruption.
-            self._wave_on()
-
-    def _glimpse(self) -> None:
-        """A first look at the words over the silenced reply, while they are still being said:
-        an "uh-huh" lets the reply go on, still lowered, so that a backchannel costs a moment's
-        silence rather than a second's. The words are judged again in full when they end; a
-        real interruption that began like a backchannel ("yeah, but...") then stops the reply."""
-        assert self._reply is not None
-        task = self._transcript
-        heard = _result(task) if task is not None and task.done() else None
-        if heard is not None and is_backchannel(heard.clear(_UNCLEAR)):
-            self._wave_on()
-        elif heard is not None and self._vad.pausing and is_backchannel(heard.text):
-            # The voice has just dropped and no more than a doubtful backchannel was heard
-            # ("uh-huh" as "ah"): play on, lowered; if the voice comes back it is silenced
-            # again. A doubtful other word ("way" for "Wait,"), or none, keeps it silent.
-            self._wave_on()
-            self._barge_waved_on_pause = True
-        elif (task is None or task.done()) and time.monotonic() >= self._next_early_asr:
-            # Not clear yet ("uh-" reads as "of"): look again at the longer stretch. Looks are
-            # few (backchannels are short), so they may take a larger share of the ASR.
-            self._start_transcript(early=True, duty=_GLIMPSE_DUTY)
+            elif act is Act.CONFIRM:
+                await self._confirm_interruption()
+            elif act is Act.RESUME:
+                assert listening.heard is not None
+                await self._resume_after_false_alarm(listening.heard.transcript.text)
 
     def _wave_on(self) -> None:
         assert self._reply is not None

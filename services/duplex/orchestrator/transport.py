@@ -1,37 +1,22 @@
 """The port between a conversation and the transport that carries it to its client.
 
 A transport (the WebSocket, a LiveKit room, ...) does three things: it implements `Output`
-for each client, feeds that client's audio and messages into a `Conversation`, and is listed
-in `duplex.orchestrator.transports`. Every decision (when to pause, flush or duck the reply)
+for each client, feeds that client's audio and messages into a
+`duplex.orchestrator.conversation.Conversation`, and is listed in
+`duplex.orchestrator.transports`. Every decision (when to pause, flush or duck the reply)
 is made by the session; a transport only carries it out where the audio is held, and tells
 the client with the same events.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from duplex.audio.frame import PcmFrame
-from duplex.errors import DuplexError, InvalidInput
-from duplex.orchestrator.events import (
-    Control,
-    ErrorEvent,
-    Playback,
-    SendText,
-    ServerEvent,
-    parse_client_message,
-)
-from duplex.tasks import TaskSet
+from duplex.orchestrator.events import Playback, ServerEvent
 
 if TYPE_CHECKING:
     from aiohttp import web
-
-    from duplex.orchestrator.session import ConversationSession, Services, SessionStart
-
-log = logging.getLogger(__name__)
 
 
 class Output(Protocol):
@@ -83,74 +68,6 @@ class ClientPlayout:
         self.event(Playback("duck", gain))
 
 
-class Conversation:
-    """One client's conversation, whatever carries it: its audio and messages in, one session
-    at a time (a `session.start` replaces the current one).
-
-    The sessions run in `tasks`, which the transport owns and closes when the client leaves.
-    """
-
-    def __init__(
-        self,
-        services: Services,
-        output: Output,
-        tasks: TaskSet,
-        *,
-        sample_rate: int | None = None,
-    ) -> None:
-        self._s = services
-        self._out = output
-        self._tasks = tasks
-        # A transport that fixes the audio format (a room is 48 kHz) overrides the client's.
-        self._rate = sample_rate
-        self.session: ConversationSession | None = None
-        self._runner: asyncio.Task[None] | None = None
-
-    def start(self, start: SessionStart) -> None:
-        from duplex.orchestrator.session import ConversationSession, SessionStart
-
-        if self._rate is not None:
-            start = SessionStart(self._rate, start.model, start.voice, start.language)
-        if self._runner is not None:
-            self._runner.cancel()
-        self.session = ConversationSession(self._s, self._out, start)
-        self._runner = self._tasks.spawn(self.session.run(), "session")
-
-    def feed_audio(self, pcm: bytes) -> None:
-        """One 20 ms frame of the client's audio; InvalidInput when it is not one."""
-        if self.session is None:
-            raise InvalidInput("send session.start before audio")
-        self.session.feed_audio(pcm)
-
-    async def message(self, data: str) -> None:
-        """Act on one client message (JSON text); a bad one gets an error event."""
-        try:
-            await self._apply(data)
-        except DuplexError as exc:
-            self._s.metrics.errors.labels(exc.code).inc()
-            self._out.event(ErrorEvent(exc.code, str(exc)))
-
-    def end(self) -> None:
-        """The client left: the session stops (its task set awaits it)."""
-        if self._runner is not None:
-            self._runner.cancel()
-
-    async def _apply(self, data: str) -> None:
-        from duplex.orchestrator.session import SessionStart
-
-        msg = parse_client_message(data)
-        if isinstance(msg, SendText | Control) and self.session is None:
-            raise InvalidInput(f"send session.start before {msg.type!r}")
-        if isinstance(msg, SendText):
-            assert self.session is not None
-            await self.session.submit_text(msg.text)
-        elif isinstance(msg, Control):
-            assert self.session is not None
-            await self.session.control(msg.command)
-        else:
-            self.start(SessionStart.parse(msg, self._s.config))
-
-
 class Transport(Protocol):
     """One way for clients to reach the orchestrator."""
 
@@ -165,6 +82,3 @@ class Transport(Protocol):
     async def goodbye(self) -> None:
         """The server is stopping: tell every client, end its conversation, and return once
         they are told (within a couple of seconds)."""
-
-
-TransportFactory = Callable[["Services"], "Transport | None"]

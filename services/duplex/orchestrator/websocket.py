@@ -16,9 +16,10 @@ from aiohttp import WSMsgType, web
 
 from duplex.audio.frame import FRAME_SECONDS, PcmFrame
 from duplex.errors import DuplexError
+from duplex.orchestrator.conversation import Conversation
 from duplex.orchestrator.events import SHUTDOWN, ErrorEvent, ServerEvent
 from duplex.orchestrator.session import Services
-from duplex.orchestrator.transport import ClientPlayout, Conversation
+from duplex.orchestrator.transport import ClientPlayout
 from duplex.tasks import TaskSet
 
 log = logging.getLogger(__name__)

@@ -20,23 +20,24 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from urllib.parse import quote
 
 import redis.asyncio as aioredis
 
-from duplex.bench.operator import (
-    Failed,
-    Figures,
-    Target,
-    _model_body,
-    _progress,
-    _status_resident,
-    _until,
-)
 from duplex.discovery import KEY_PREFIX, WorkerRecord
 from duplex.errors import DuplexError
 from duplex.kube import KubeApiError, KubeClient
+from duplex_operator.bench.runs import (
+    Failed,
+    Figures,
+    Target,
+    model_body,
+    progress,
+    status_resident,
+    until,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 NAMESPACE = "duplex-bench"
@@ -94,7 +95,7 @@ async def local_kubernetes(timeout: float) -> AsyncIterator[Target]:
         with contextlib.suppress(KubeApiError):
             await client.delete(f"/api/v1/namespaces/{NAMESPACE}")
         namespace = f"/api/v1/namespaces/{NAMESPACE}"
-        await _until(lambda: _gone(client, namespace), "the old namespace gone", timeout)
+        await until(lambda: _gone(client, namespace), "the old namespace gone", timeout)
         labels = {"pod-security.kubernetes.io/enforce": "restricted"}
         await client.create(
             "/api/v1/namespaces", {"metadata": {"name": NAMESPACE, "labels": labels}}
@@ -114,7 +115,7 @@ async def local_kubernetes(timeout: float) -> AsyncIterator[Target]:
         # none does until the first apply. The operator and Redis are what the bench needs.
         for name in (f"{RELEASE}-operator", f"{RELEASE}-redis"):
             deployment = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{name}"
-            await _until(lambda: _available(client, deployment), f"{name} available", timeout)
+            await until(partial(_available, client, deployment), f"{name} available", timeout)
         service = await client.get(f"/api/v1/namespaces/{NAMESPACE}/services/{RELEASE}-redis")
         port = service["spec"]["ports"][0]["port"]
         # The chart's Redis asks for the password it generated into the release's Secret.
@@ -150,7 +151,7 @@ async def _gone(client: KubeClient, path: str) -> bool:
 
 async def _holder(target: Target, name: str) -> tuple[str, str] | None:
     """(Pod name, uid) of the Pod a Resident TTSModel names in residentOn."""
-    if not await _status_resident(target, name):
+    if not await status_resident(target, name):
         return None
     path = f"/apis/duplex.dev/v1alpha1/namespaces/{target.namespace}/ttsmodels/{name}"
     resident_on = (await target.client.get(path)).get("status", {}).get("residentOn") or []
@@ -186,13 +187,13 @@ async def pod_deleted_runs(
     names = {model_id: f"bench-held-{i}" for i, model_id in enumerate(models)}
     try:
         for model_id, name in names.items():
-            await target.client.create(path, _model_body(name, model_id))
+            await target.client.create(path, model_body(name, model_id))
         for name in names.values():
 
             async def placed(name: str = name) -> bool:
                 return await _holder(target, name) is not None
 
-            await _until(placed, f"{name} Resident", timeout)
+            await until(placed, f"{name} Resident", timeout)
         for index in range(runs):
             try:
                 results = await _one_pod_deleted(target, names, timeout)
@@ -200,7 +201,7 @@ async def pod_deleted_runs(
                 results = {model_id: str(exc) for model_id in names}
             for model_id, result in results.items():
                 figures.record("Pod deleted", model_id, result)
-                _progress(index, "Pod deleted", model_id, result)
+                progress(index, "Pod deleted", model_id, result)
     finally:
         for name in names.values():
             with contextlib.suppress(KubeApiError):
@@ -229,8 +230,8 @@ async def _one_pod_deleted(
         failure = ""
         try:
             async with asyncio.TaskGroup() as group:
-                r = group.create_task(_until(redis_probe, f"{model_id} in Redis again", timeout))
-                s = group.create_task(_until(status_probe, f"{name} Resident again", timeout))
+                r = group.create_task(until(redis_probe, f"{model_id} in Redis again", timeout))
+                s = group.create_task(until(status_probe, f"{name} Resident again", timeout))
         except* Failed as failed:
             failure = str(failed.exceptions[0])
         if failure:

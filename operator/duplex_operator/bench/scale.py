@@ -30,7 +30,7 @@ from duplex.bench.stats import Series, failure_lines, series_table
 from duplex.discovery import WorkerRecord, session_id_for, worker_key
 from duplex.errors import DuplexError
 from duplex.kube import KubeClient
-from duplex.localredis import RedisServer
+from duplex.testing.redis_server import RedisServer
 
 NAMESPACE = "duplex-scale"
 GROUP = "/apis/duplex.dev/v1alpha1/namespaces"
@@ -294,7 +294,7 @@ async def measure(world: ScaleWorld, runs: int, progress: Callable[[str], None])
 
 @contextlib.asynccontextmanager
 async def local_world(scale: Scale) -> AsyncIterator[ScaleWorld]:
-    from duplex_operator.devcluster import KubeControlPlane
+    from duplex.testing.apiserver import KubeControlPlane
 
     plane = KubeControlPlane()
     api = await asyncio.to_thread(plane.start)

@@ -1,11 +1,11 @@
 """A real kube-apiserver and etcd on loopback, envtest style: no kubelet and no controllers.
 
-For the operator's tests and `duplex bench operator` on a machine without a cluster. The
-binaries come from tools/build-test-binaries.sh, which builds them once into a cache outside
-the checkout, so this works from a source checkout only. The apiserver serves the project's
-CRDs to bearer tokens over HTTPS (an admin, and a second user for credential plugins); the
-kubeconfig written here carries the admin's for programs under test, and an audit log records
-every write the server answers, with the user and user agent that made it.
+For the operator's tests and `duplex bench operator` on a machine without a cluster. In a
+source checkout the binaries come from tools/build-test-binaries.sh, which builds them once
+into a cache outside the checkout; an installed package finds them on PATH. The apiserver
+serves the project's CRDs to bearer tokens over HTTPS (an admin, and a second user for
+credential plugins); the kubeconfig written here carries the admin's for programs under test,
+and an audit log records every write the server answers, with the user and user agent that made it.
 """
 
 from __future__ import annotations
@@ -33,9 +33,13 @@ import yaml
 from duplex.kube import KubeApiError, KubeClient
 from duplex.ports import free_ports
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = ROOT / "tools" / "build-test-binaries.sh"
-CRD_DIR = ROOT / "manifests" / "crds"
+# The CRDs: the checkout's, or the copy the wheel carries.
+CRD_DIR = next(
+    (d for d in (ROOT / "manifests" / "crds", Path(__file__).parent / "crds") if d.is_dir()),
+    ROOT / "manifests" / "crds",
+)
 PLUGIN_USER = "plugin-user"
 CERT_USER = "cert-user"
 OIDC_USER = "oidc-user"
@@ -95,10 +99,15 @@ class KubeApiServer:
 
 def locate_binaries(names: Sequence[str] = ("kube-apiserver", "etcd")) -> dict[str, Path]:
     """Paths of the test binaries, building the missing ones first (the script caches them)."""
-    if not BUILD_SCRIPT.is_file():
-        raise RuntimeError(
-            f"{BUILD_SCRIPT} not found: a local control plane needs a source checkout of duplex"
-        )
+    if not BUILD_SCRIPT.is_file():  # an installed package: no sources to build from
+        on_path = {name: shutil.which(name) for name in names}
+        missing = [name for name, path in on_path.items() if path is None]
+        if missing:
+            raise RuntimeError(
+                f"{', '.join(missing)} not on PATH: install them, or run from a source checkout"
+                f" of duplex, where {BUILD_SCRIPT.name} builds them"
+            )
+        return {name: Path(str(path)) for name, path in on_path.items()}
     script = ["bash", str(BUILD_SCRIPT)]
     check = subprocess.run(
         [*script, "--check", *names], capture_output=True, text=True, check=False

@@ -27,9 +27,9 @@ from typing import IO, Any
 import aiohttp
 
 from duplex.kube import KubeApiError, KubeClient, sleep_backoff
+from duplex.modelset import WORKER_SELECTOR
 from duplex.ports import free_ports
 from duplex.tasks import TaskSet
-from duplex_operator.resources import WORKER_SELECTOR, format_time
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class DevKubelet:
                 "podIP": "127.0.0.1",
                 "podIPs": [{"ip": "127.0.0.1"}],
                 "hostIP": "127.0.0.1",
-                "startTime": format_time(time.time()),
+                "startTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
         }
         with contextlib.suppress(KubeApiError):
