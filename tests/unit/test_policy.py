@@ -15,8 +15,11 @@ from duplex.orchestrator.policy import (
     Heard,
     Interruption,
     Listening,
+    Onset,
+    at_onset,
     end_of_turn,
     judge_interruption,
+    takes_over,
 )
 from duplex.orchestrator.turn import TurnPolicy
 
@@ -161,3 +164,32 @@ def test_an_utterance_ends_its_turn_after_a_silence_its_words_decide() -> None:
 )
 def test_what_the_listener_does_next(now: Listening, act: Act | None) -> None:
     assert end_of_turn(now, POLICY) is act
+
+
+@pytest.mark.parametrize(
+    ("onset", "act"),
+    [
+        # The user over the reply: lower it at once.
+        (Onset("speaking", level_db=-20.0, user_db=-20.0), Act.DUCK),
+        (Onset("thinking", level_db=-20.0, user_db=None), Act.DUCK),
+        # A television 20 dB below the user: background, whatever the bot does.
+        (Onset("speaking", level_db=-40.0, user_db=-20.0), Act.BACKGROUND),
+        (Onset("barged_in", level_db=-40.0, user_db=-20.0), Act.BACKGROUND),
+        # 10 dB below: the user, unless background speech was just heard.
+        (Onset("speaking", level_db=-30.0, user_db=-20.0), Act.DUCK),
+        (Onset("speaking", level_db=-30.0, user_db=-20.0, after_background=True), Act.BACKGROUND),
+        # While the bot listens, anyone may be the user.
+        (Onset("listening", level_db=-40.0, user_db=-20.0), None),
+        (Onset("barged_in", level_db=-20.0, user_db=-20.0), Act.MORE_SPEECH),
+        (Onset("speaking", level_db=-20.0, user_db=-20.0, reply_on=False), None),
+    ],
+)
+def test_what_speech_is_when_it_begins(onset: Onset, act: Act | None) -> None:
+    assert at_onset(onset, CONFIG) is act
+
+
+def test_the_user_takes_over_from_the_background_only_at_their_own_level() -> None:
+    assert takes_over([-40.0, -22.0, -21.0, -20.0], user_db=-20.0)
+    assert not takes_over([-22.0, -35.0, -21.0], user_db=-20.0)  # one loud syllable
+    assert not takes_over([-21.0, -20.0], user_db=-20.0)  # too short to tell
+    assert not takes_over([-20.0, -20.0, -20.0], user_db=None)

@@ -34,7 +34,8 @@ async def test_pause_takes_back_unsent_frames_and_flush_drops_everything() -> No
     try:
         for i in range(5):
             output.play(frame(i))
-        await pump(output, lambda: not output._audio)
+        # Until the writer has handed every frame to the SDK (not only taken it from the queue).
+        await pump(output, lambda: not output._audio and len(output._sent) == 5)
         # Nothing consumes the source here: every frame is still queued in the SDK.
         assert source.queued_duration > 0
         output.pause()

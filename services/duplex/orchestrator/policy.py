@@ -29,6 +29,11 @@ GLIMPSE_UNTIL = 0.7
 # than the last one covered has been said.
 PARTIAL_AFTER = 1.5
 PARTIAL_NEW_AUDIO = 1.2
+# After background speech, for this long, speech counts as the user's only within this many dB
+# of the user's level (the background's own level varies a lot from syllable to syllable).
+BACKGROUND_HOLD = 3.0
+NEAR_USER_DB = 8.0
+TAKEOVER_FRAMES = 3  # 60 ms
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,22 @@ class Interruption:
     waved_on_pause: bool = False  # ... an unclear one, as the voice dropped
 
 
+@dataclass(frozen=True)
+class Onset:
+    """Speech has just begun."""
+
+    bot: str  # the conversation's state: listening, thinking, speaking or barged_in
+    level_db: float  # the loudest of the windows the VAD decided on
+    user_db: float | None  # the user's own level, learnt from their turns
+    after_background: bool = False  # background speech ended less than BACKGROUND_HOLD ago
+    reply_on: bool = True  # a reply is going
+
+
 class Act(enum.Enum):
+    # Speech begins
+    BACKGROUND = "background"  # not meant for the bot: it neither interrupts nor is a turn
+    DUCK = "duck"  # over the reply: lower it at once, judge it as it goes on
+    MORE_SPEECH = "more_speech"  # more speech over the silenced reply: time it afresh
     # End of turn
     CUT = "cut"  # unbroken speech at max_turn_seconds: what was said so far is a turn
     PARTIAL = "partial"  # transcribe what was said so far, and show it
@@ -87,6 +107,38 @@ class Act(enum.Enum):
     LOOK = "look"  # an early transcription of the words so far, at a larger ASR share
     CONFIRM = "confirm"  # a real interruption: stop the reply; the speech is the next turn
     RESUME = "resume"  # a cough or a backchannel: the reply goes on at full volume
+
+
+def at_onset(onset: Onset, config: BargeInConfig) -> Act | None:
+    """What speech that has just begun is. Over the bot only, speech much quieter than the
+    user's (a television, people across the room) is background. While the bot listens,
+    anything may be the user, who may have stepped back: ignoring them would be worse."""
+    busy = onset.bot in ("speaking", "thinking", "barged_in")
+    if busy and onset.user_db is not None:
+        margin = config.background_db
+        if onset.after_background:
+            # More background is likely (a television talks on): then only speech near the
+            # user's own level counts as the user.
+            margin = min(margin, NEAR_USER_DB)
+        if onset.level_db < onset.user_db - margin:
+            return Act.BACKGROUND
+    if onset.bot in ("speaking", "thinking") and onset.reply_on:
+        return Act.DUCK
+    if onset.bot == "barged_in":
+        return Act.MORE_SPEECH
+    return None
+
+
+def takes_over(levels_db: list[float], user_db: float | None) -> bool:
+    """During background speech: the user's voice, not a loud syllable of the background (the
+    last few 20 ms frames all near the user's own level; one frame of a television can come
+    within a few dB)."""
+    recent = levels_db[-TAKEOVER_FRAMES:]
+    return (
+        user_db is not None
+        and len(recent) == TAKEOVER_FRAMES
+        and min(recent) >= user_db - NEAR_USER_DB
+    )
 
 
 def end_of_turn(now: Listening, policy: TurnPolicy) -> Act | None:

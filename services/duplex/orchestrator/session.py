@@ -35,12 +35,16 @@ from duplex.orchestrator.events import (
 )
 from duplex.orchestrator.metrics import OrchestratorMetrics
 from duplex.orchestrator.policy import (
+    BACKGROUND_HOLD,
     Act,
     Heard,
     Interruption,
     Listening,
+    Onset,
+    at_onset,
     end_of_turn,
     judge_interruption,
+    takes_over,
 )
 from duplex.orchestrator.reply import Reply
 from duplex.orchestrator.responder import Message, Responder
@@ -71,11 +75,6 @@ _TICK_SECONDS = 0.05  # the listener's clock when no audio comes
 # turn: the next waits for three times as long as the last one took.
 _ASR_DUTY = 0.25
 _FIELD_CHARS = 128  # model, voice and language names
-# After background speech, for this long, speech counts as the user's only within this many dB
-# of the user's level (the background's own level varies a lot from syllable to syllable).
-_BACKGROUND_HOLD_SECONDS = 3.0
-_NEAR_USER_DB = 8.0
-_TAKEOVER_FRAMES = 3  # 60 ms
 # Looks at the words over the reply while they are said (backchannels are short, so looks are
 # few) may take this larger share of the ASR.
 _GLIMPSE_DUTY = 0.5
@@ -286,7 +285,11 @@ class ConversationSession:
                 await self._on_speech_start(self._arrival_of(event.at), event.at)
             else:
                 self._on_speech_end(hangover=self._vad.now - event.at)
-        if self._background and self._vad.speaking and self._user_over_background():
+        if (
+            self._background
+            and self._vad.speaking
+            and takes_over(list(self._levels), self._user_db)
+        ):
             # It was background at its onset; now someone speaks at the user's level. Their
             # utterance starts here: the background before it is not theirs to answer.
             said = self._speech
@@ -320,41 +323,23 @@ class ConversationSession:
             self._settle_head(onset_audio)
         self._silence_since = None
         self._silence_audio = None
-        # Over the bot only: speech much quieter than the user's (a television, people across
-        # the room) neither interrupts nor becomes a turn. While the bot listens, anything may be
-        # the user, who may have stepped back: ignoring them would be worse.
-        busy = self._machine.state in (State.SPEAKING, State.THINKING, State.BARGED_IN)
         onset_level = max(list(self._levels)[-6:], default=-120.0)  # the VAD's deciding windows
-        self._background = busy and self._is_background(onset_level)
-        if self._background:
-            return
-        if self._machine.state in (State.SPEAKING, State.THINKING) and self._reply is not None:
+        act = at_onset(
+            Onset(
+                bot=self._machine.state.value,
+                level_db=onset_level,
+                user_db=self._user_db,
+                after_background=self._vad.now < self._background_until,
+                reply_on=self._reply is not None,
+            ),
+            self._s.config.barge_in,
+        )
+        self._background = act is Act.BACKGROUND
+        if act is Act.DUCK:
             await self._duck(onset, onset_audio)
-        elif self._machine.state == State.BARGED_IN:
+        elif act is Act.MORE_SPEECH:
             self._barge_onset_audio = onset_audio  # more speech: silence it if it goes on
             self._barge_waved = self._barge_waved_on_pause = False
-
-    def _is_background(self, level: float) -> bool:
-        user = self._user_db
-        if user is None:
-            return False
-        # Just after background speech, more of it is likely (a television talks on): then
-        # only speech near the user's own level counts as the user.
-        margin = self._s.config.barge_in.background_db
-        if self._vad.now < self._background_until:
-            margin = min(margin, _NEAR_USER_DB)
-        return level < user - margin
-
-    def _user_over_background(self) -> bool:
-        """The user's voice, not a loud syllable of the background: the last few frames all
-        near the user's own level (one frame of a television can come within a few dB)."""
-        user = self._user_db
-        recent = list(self._levels)[-_TAKEOVER_FRAMES:]
-        return (
-            user is not None
-            and len(recent) == _TAKEOVER_FRAMES
-            and min(recent) >= user - _NEAR_USER_DB
-        )
 
     def _learn_user_level(self) -> None:
         """The user's speech level, from their turns (the loud part of each utterance)."""
@@ -446,7 +431,7 @@ class ConversationSession:
             return
         act = end_of_turn(self._listening(speaking, now), self._policy)
         if act is Act.DROP_BACKGROUND:
-            self._background_until = self._vad.now + _BACKGROUND_HOLD_SECONDS
+            self._background_until = self._vad.now + BACKGROUND_HOLD
             self._reset_utterance()  # speech not meant for the bot: no turn
         elif act is Act.CUT:
             self._cut_turn(now)
