@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from duplex.errors import DuplexError, InvalidInput
-from duplex.orchestrator.events import Control, ErrorEvent, SendText, parse_client_message
+from duplex.orchestrator.events import ErrorEvent, SendText, StartSession, parse_client_message
 from duplex.orchestrator.session import ConversationSession, Services, SessionStart
 from duplex.orchestrator.transport import Output
 from duplex.tasks import TaskSet
@@ -63,13 +63,13 @@ class Conversation:
 
     async def _apply(self, data: str) -> None:
         msg = parse_client_message(data)
-        if isinstance(msg, SendText | Control) and self.session is None:
+        if isinstance(msg, StartSession):
+            self.start(SessionStart.parse(msg, self._s.config))
+            return
+        session = self.session
+        if session is None:
             raise InvalidInput(f"send session.start before {msg.type!r}")
         if isinstance(msg, SendText):
-            assert self.session is not None
-            await self.session.submit_text(msg.text)
-        elif isinstance(msg, Control):
-            assert self.session is not None
-            await self.session.control(msg.command)
+            await session.submit_text(msg.text)
         else:
-            self.start(SessionStart.parse(msg, self._s.config))
+            await session.control(msg.command)

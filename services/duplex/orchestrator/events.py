@@ -2,7 +2,7 @@
 
 One definition for every transport (WebSocket text frames, LiveKit data packets), for the page
 and for the JSON schema that `/api/schema` serves: each message is a dataclass whose `type`
-names it on the wire, and the schema is generated from the fields.
+names it on the wire, and pydantic generates the schema from the fields.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import types
 import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args, get_origin
+
+from pydantic import TypeAdapter
 
 from duplex.errors import InvalidInput
 
@@ -225,40 +227,12 @@ def _describe(hint: Any) -> str:
 # -- the schema ------------------------------------------------------------------------------
 
 
-def _type_schema(hint: Any) -> dict[str, Any]:
-    origin = get_origin(hint)
-    if origin is Literal:
-        return {"enum": list(get_args(hint))}
-    if origin in (types.UnionType, typing.Union):
-        args = [a for a in get_args(hint) if a is not type(None)]
-        inner = _type_schema(args[0])
-        if len(args) == 1 and isinstance(inner.get("type"), str):
-            return {**inner, "type": [inner["type"], "null"]}
-        return {"anyOf": [*map(_type_schema, args), {"type": "null"}]}
-    simple = {str: "string", bool: "boolean", int: "integer", float: "number"}
-    if hint in simple:
-        return {"type": simple[hint]}
-    if hint is dict or origin is dict:
-        return {"type": "object"}
-    raise TypeError(f"no JSON schema for {hint!r}")
-
-
 def _message_schema(cls: type[Message]) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    properties: dict[str, Any] = {"type": {"const": cls.type}}
-    required = ["type"]
-    for f in dataclasses.fields(cls):
-        properties[f.name] = _type_schema(hints[f.name])
-        if f.default is dataclasses.MISSING:
-            required.append(f.name)
-    schema: dict[str, Any] = {
-        "type": "object",
-        "properties": properties,
-        "required": required,
-        "additionalProperties": False,
-    }
-    if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("):
-        schema["description"] = " ".join(cls.__doc__.split())
+    """pydantic's schema of the dataclass, with the `type` it is sent under and no other field."""
+    schema: dict[str, Any] = TypeAdapter(cls).json_schema()
+    schema["properties"] = {"type": {"const": cls.type}, **schema["properties"]}
+    schema["required"] = ["type", *schema.get("required", ())]
+    schema["additionalProperties"] = False
     return schema
 
 

@@ -29,10 +29,10 @@ from livekit import rtc
 from duplex.audio.frame import FRAME_SAMPLES, FRAME_SECONDS, SAMPLE_RATE, PcmFrame
 from duplex.errors import InvalidInput
 from duplex.orchestrator.conversation import Conversation
-from duplex.orchestrator.events import SHUTDOWN, ErrorEvent, Playback, ServerEvent, StartSession
+from duplex.orchestrator.events import SHUTDOWN, ErrorEvent, ServerEvent, StartSession
 from duplex.orchestrator.livekit_tokens import AGENT_NAME, LiveKitConfig
 from duplex.orchestrator.session import Services, SessionStart
-from duplex.orchestrator.transport import Output
+from duplex.orchestrator.transport import ClientPlayout, Output
 from duplex.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,14 @@ _MAX_QUEUED = 1000
 _MAX_MESSAGES = 100  # client messages waiting for the conversation
 
 
-class RoomOutput:
+class RoomOutput(ClientPlayout):
     """A session's output into a room: audio onto our track, events onto the data channel.
 
     The reply already arrives paced at real time (plus a small lead), so little is ever
     queued. Barge-in acts here, synchronously, the moment the session emits its event:
     a flush empties both our queue and the SDK's; a pause takes back the frames the SDK has
-    not yet sent, so a resume after a cough plays them and loses nothing.
+    not yet sent, so a resume after a cough plays them and loses nothing. The page is told
+    as well, as over the WebSocket.
     """
 
     def __init__(self, room: rtc.Room, source: rtc.AudioSource) -> None:
@@ -96,20 +97,17 @@ class RoomOutput:
     def pause(self) -> None:
         self._drop_queued(keep=True)
         self._paused = True
-        self.event(Playback("pause"))
+        super().pause()
 
     def resume(self) -> None:
         self._paused = False
         self._wake.set()
-        self.event(Playback("resume"))
+        super().resume()
 
     def flush(self) -> None:
         self._drop_queued(keep=False)
         self._paused = False
-        self.event(Playback("flush"))
-
-    def duck(self, gain: float) -> None:
-        self.event(Playback("duck", gain))  # the audio comes at this gain already
+        super().flush()
 
     def refuse(self, code: str, message: str) -> None:
         self._events.put_nowait(ErrorEvent(code, message).to_json())

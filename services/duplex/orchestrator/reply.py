@@ -145,9 +145,10 @@ class Reply:
         client = self._link.client(session)
         self._tasks.spawn(_control(client, session, command), f"control:{command.name}")
 
-    def heard_seconds(self) -> float:
-        """Audio the listener has heard: sent, minus what may still sit in their buffer."""
-        return max(0.0, self.stats.frames_sent * FRAME_SECONDS - self._lead)
+    def heard_seconds(self, unheard: float) -> float:
+        """Audio the listener has heard: sent, minus `unheard` (what may still sit in a buffer
+        on its way to them)."""
+        return max(0.0, self.stats.frames_sent * FRAME_SECONDS - unheard)
 
     def heard_text(self, complete: bool, unheard: float) -> str:
         """What the listener heard of the text: all of it, or as much as the audio sent, less
@@ -155,8 +156,7 @@ class Reply:
         text = self.text.text
         if complete:
             return text.strip()
-        heard = max(0.0, self.stats.frames_sent * FRAME_SECONDS - unheard)
-        cut = int(heard * CHARS_PER_SECOND)
+        cut = int(self.heard_seconds(unheard) * CHARS_PER_SECOND)
         if cut >= len(text):
             return text.strip()
         head = text[:cut]
@@ -254,7 +254,7 @@ class Reply:
         """Where a new worker should start: the sentence the listener is in."""
         pieces = self.text.pieces
         text = "".join(pieces)
-        heard = min(len(text), int(self.heard_seconds() * CHARS_PER_SECOND))
+        heard = min(len(text), int(self.heard_seconds(self._lead) * CHARS_PER_SECOND))
         cut = max(text.rfind(mark, 0, heard) for mark in (". ", "? ", "! "))
         cut = cut + 2 if cut >= 0 else 0
         return len(pieces), text[cut:]

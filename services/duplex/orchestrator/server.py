@@ -7,7 +7,7 @@ import contextlib
 import logging
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -133,11 +133,12 @@ class Orchestrator:
 
     @property
     def agent(self) -> LiveKitAgent | None:
-        """The LiveKit agent, when the orchestrator serves rooms."""
-        from duplex.orchestrator.livekit_agent import LiveKitAgent
-
-        found = [t for t in self.transports if t.name == LiveKitAgent.name]
-        return found[0] if found else None  # type: ignore[return-value]
+        """The LiveKit agent, when the orchestrator serves rooms (without importing the SDK
+        when it does not)."""
+        for transport in self.transports:
+            if transport.name == "livekit":
+                return cast("LiveKitAgent", transport)
+        return None
 
     async def aclose(self) -> None:
         """Stop: every conversation is told and closed (WebSockets with 1001, rooms left)."""

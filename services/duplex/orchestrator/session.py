@@ -140,6 +140,7 @@ class ConversationSession:
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=500)
         self._preroll: deque[npt.NDArray[np.float32]] = deque(maxlen=int(_PREROLL_SECONDS * 50))
         self._speech: list[npt.NDArray[np.float32]] = []  # the utterance being spoken
+        self._speech_samples = 0  # ... its length, kept as it grows (read every frame)
         self._speech_started = 0.0  # monotonic
         self._silence_since: float | None = None  # monotonic, while a turn may be ending
         # The same moment on the audio clock (VAD seconds). Silence is timed by the audio that
@@ -274,6 +275,7 @@ class ConversationSession:
         self._levels.append(level)
         if self._vad.speaking or self._speech or self._silence_since is not None:
             self._speech.append(audio16)
+            self._speech_samples += audio16.size
             if self._vad.speaking:
                 # Voiced frames only: the silence after a turn lasts as long as the ASR takes
                 # and would pull the user's level down on a busy machine.
@@ -318,6 +320,7 @@ class ConversationSession:
         now = time.monotonic()
         if not self._speech:
             self._speech = list(self._preroll)
+            self._speech_samples = sum(a.size for a in self._speech)
             self._speech_started = now
         elif self._silence_audio is not None:
             self._settle_head(onset_audio)
@@ -352,7 +355,7 @@ class ConversationSession:
         # Silence began a little before the VAD could tell (its hangover).
         self._silence_since = time.monotonic() - hangover
         self._silence_audio = self._vad.now - hangover
-        self._spoken_len = sum(a.size for a in self._speech) - int(hangover * ASR_RATE)
+        self._spoken_len = self._speech_samples - int(hangover * ASR_RATE)
         if not self._background:
             self._start_transcript()
 
@@ -379,7 +382,7 @@ class ConversationSession:
         head = task.result()
         if not words(head.text):
             return
-        buffered = sum(a.size for a in self._speech)
+        buffered = self._speech_samples
         onset = buffered - (self._vad_samples - round(onset_audio * ASR_RATE))
         # The tail keeps a little of the pause before its onset, as the preroll does.
         start = max(self._spoken_len, onset - round(_PREROLL_SECONDS * ASR_RATE))
@@ -429,6 +432,8 @@ class ConversationSession:
         if self._machine.state == State.BARGED_IN:
             await self._judge_interruption(speaking, now)
             return
+        if not self._speech:
+            return  # nothing to decide on
         act = end_of_turn(self._listening(speaking, now), self._policy)
         if act is Act.DROP_BACKGROUND:
             self._background_until = self._vad.now + BACKGROUND_HOLD
@@ -458,7 +463,7 @@ class ConversationSession:
             # A transcription that started before the speech ended misses its tail.
             complete = self._transcript_len >= self._spoken_len - ASR_RATE * 0.05
             heard = Heard(_result(task), complete)
-        samples = sum(a.size for a in self._speech)
+        samples = self._speech_samples
         return Listening(
             speaking=speaking,
             pausing=self._vad.pausing,
@@ -514,6 +519,7 @@ class ConversationSession:
 
     def _reset_utterance(self) -> None:
         self._speech = []
+        self._speech_samples = 0
         self._speech_levels = []
         self._background = False
         self._silence_since = None
